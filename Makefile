@@ -1,0 +1,19 @@
+# The README's commands. Every target bootstraps the venv and the colcon build first (idempotent).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+IN_ENV := . .venv/bin/activate && . install/setup.sh &&
+PYTEST_ARGS ?=
+
+.PHONY: env test lint demo clean
+
+env:
+	@tools/bootstrap.sh
+
+test: env
+	@$(IN_ENV) pytest test $(PYTEST_ARGS)
+
+lint: env
+	@$(IN_ENV) ruff check bac_ros test bench scripts tools
+
+clean:
+	rm -rf build install log .venv

@@ -1,0 +1,28 @@
+"""pip install of the ROS-free core (models, cache, policy, sim, cli) and the `bac` command.
+
+In a ROS 2 workspace the package is built by colcon from CMakeLists.txt instead, which also
+generates ``bac_ros.msg``; do not install both into one environment.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="bac_ros",
+    version="0.1.0",
+    description="Block-wise Adaptive Caching for transformer Diffusion Policy (ROS-free core)",
+    packages=find_packages(include=["bac_ros", "bac_ros.*"], exclude=["bac_ros.nodes*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "numpy",
+        "torch",
+        "diffusers",
+        "safetensors",
+        "pyyaml",
+        "opencv-python-headless",
+        "matplotlib",
+        "tqdm",
+        "rosbags",
+    ],
+    extras_require={"import": ["dill", "omegaconf"]},
+    entry_points={"console_scripts": ["bac = bac_ros.cli:main"]},
+)
