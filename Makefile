@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 IN_ENV := . .venv/bin/activate && . install/setup.sh &&
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= test
 
 .PHONY: env test lint demo clean
 
@@ -10,7 +10,7 @@ env:
 	@tools/bootstrap.sh
 
 test: env
-	@$(IN_ENV) pytest test $(PYTEST_ARGS)
+	@$(IN_ENV) pytest $(PYTEST_ARGS)
 
 lint: env
 	@$(IN_ENV) ruff check bac_ros test bench scripts tools
