@@ -184,7 +184,7 @@ def test_dpm_solver_runs_through_its_own_step():
 def test_profile_statistics():
     eng = _engine(_model(), K=10)
     conds = [COND[:1], COND[1:], COND]
-    res = profile(eng, conds, lambda c: (c.shape[0], 8, 3))
+    res = profile(eng, conds, lambda c, g, rec: eng.sample(c, (c.shape[0], 8, 3), g, recorder=rec))
     assert res.observations == 4 and res.num_steps == 10
     cos = res.mean["cosine"]
     assert cos.shape == (9, 10, 10)

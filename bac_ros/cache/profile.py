@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from bac_ros.cache.blocks import Block
+from bac_ros.cache.blocks import Block, Recorder
 from bac_ros.cache.engine import DenoisingEngine
 from bac_ros.cache.similarity import METRICS, RunningStats, pairwise_l1_error, similarity_matrix
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -32,16 +35,16 @@ class ProfileResult:
 
 def profile(
     engine: DenoisingEngine,
-    conds: Iterable[torch.Tensor | None],
-    shape_of: Callable[[torch.Tensor | None], tuple[int, ...]],
+    batches: Iterable[T],
+    run: Callable[[T, torch.Generator, Recorder], None],
     seed: int = 0,
     metrics: tuple[str, ...] = METRICS,
     progress: Callable[[int], None] | None = None,
 ) -> ProfileResult:
-    """Run full compute on each batch of model conditions and accumulate block statistics.
+    """Run full compute on each batch of observations and accumulate block statistics.
 
-    ``shape_of(cond)`` gives the sample shape for a batch; ``progress(n)`` is told how many
-    observations each finished batch held.
+    ``run(batch, generator, recorder)`` samples one batch with ``engine`` (full compute) passing
+    the recorder on; ``progress(n)`` is told how many observations each finished batch held.
     """
     n_blocks, K = len(engine.blocks), engine.num_steps
     stats = {m: [RunningStats() for _ in range(n_blocks)] for m in metrics}
@@ -58,10 +61,10 @@ def profile(
             )
         buf[step] = out
 
-    for cond in conds:
-        shape = shape_of(cond)
+    for batch in batches:
         feats = [None] * n_blocks
-        engine.sample(cond, shape, generator=generator, recorder=record)
+        run(batch, generator, record)
+        n = feats[0].shape[1]
         for b in range(n_blocks):
             f = feats[b].transpose(0, 1)  # (B, K, ...)
             for obs in f:
@@ -69,9 +72,9 @@ def profile(
                 for m in metrics:
                     stats[m][b].add(mats[m])
                 err_stats[b].add(torch.tensor(pairwise_l1_error(mats["l1"])))
-        total += shape[0]
+        total += n
         if progress is not None:
-            progress(shape[0])
+            progress(n)
     if total == 0:
         raise ValueError("no observations to profile; expected at least one")
     return ProfileResult(

@@ -1,0 +1,283 @@
+"""The Policy runner: observation history in, action chunk out (numpy), no ROS.
+
+``Policy.from_pretrained(path)`` loads a native checkpoint folder or a Chi et al. ``.ckpt``;
+``predict(obs)`` normalises observations, builds the model condition (low-dim vectors, or image
+features from the observation encoder), samples with the plan-driven engine under the loaded
+cache schedule, unnormalises, and returns ``action_pred[offset : offset + n_action_steps]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bac_ros.cache.engine import DenoisingEngine, plan_flops
+from bac_ros.cache.plans import bac_steps, uniform_plan
+from bac_ros.cache.profile import ProfileResult, profile
+from bac_ros.cache.schedule import Schedule, model_fingerprint, provenance
+from bac_ros.cache.schedulers import build_scheduler
+from bac_ros.models.dpt import TransformerForDiffusion
+from bac_ros.models.normalizer import LinearNormalizer
+from bac_ros.models.vision import build_obs_encoder
+from bac_ros.policy.checkpoint import Checkpoint, CheckpointError, import_chi_ckpt, load_native
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ObservationError(ValueError):
+    """An observation that does not match what the policy was trained on."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was requested but CUDA is not available here")
+    return torch.device(device)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if path.is_dir():
+        return load_native(path)
+    if path.suffix == ".ckpt":
+        return import_chi_ckpt(path)
+    raise CheckpointError(
+        f"{path} is neither a checkpoint folder (config.yaml + model.safetensors) nor a .ckpt file"
+    )
+
+
+def _load_strict(module: torch.nn.Module, tensors: dict, what: str) -> None:
+    """Load, allowing only aliased keys (same storage as another key) to be absent."""
+    own = module.state_dict()
+    ptrs: dict[int, str] = {}
+    aliases = set()
+    for k, v in own.items():
+        if v.numel():
+            p = v.untyped_storage().data_ptr() + v.storage_offset() * v.element_size()
+            if p in ptrs:
+                aliases.add(k)
+            ptrs.setdefault(p, k)
+    missing = sorted(set(own) - set(tensors) - aliases)
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what} weights do not match its config: missing {missing[:4]}, unexpected "
+            f"{unexpected[:4]} ({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for k, v in tensors.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(
+                f"{what} weight {k} has shape {tuple(v.shape)}; its config expects "
+                f"{tuple(own[k].shape)}"
+            )
+    module.load_state_dict(tensors, strict=False)
+
+
+class Policy:
+    """A loaded DP-T policy with its normaliser, observation encoder, sampler and schedule."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str = "auto", dtype: str = "float32"):
+        cfg = checkpoint.config
+        pol = cfg["policy"]
+        self.config = cfg
+        self.device = resolve_device(device)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {dtype!r}")
+        if dtype != "float32" and self.device.type != "cuda":
+            raise ValueError(f"dtype {dtype} is supported on CUDA only; use float32 on the CPU")
+        self.dtype = DTYPES[dtype]
+        self.horizon, self.n_obs_steps = int(pol["horizon"]), int(pol["n_obs_steps"])
+        self.n_action_steps, self.action_dim = int(pol["n_action_steps"]), int(pol["action_dim"])
+        self.action_offset = int(pol.get("action_offset", self.n_obs_steps - 1))
+        self.obs_as_cond = bool(pol.get("obs_as_cond", True))
+        self.dt = float(pol.get("dt", 0.1))
+        self.action_names = list(pol.get("action_names") or [])
+        self.obs_spec = {k: (tuple(v["shape"]), v.get("type", "low_dim"))
+                         for k, v in pol["obs"].items()}
+
+        self.model = TransformerForDiffusion(**cfg["model"])
+        _load_strict(self.model, checkpoint.section("model"), "model")
+        self.normalizer = LinearNormalizer()
+        try:
+            self.normalizer.load_state_dict(checkpoint.section("normalizer"))
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"normalizer weights are malformed ({e})") from None
+        for key in [*self.obs_spec, "action"]:
+            if key not in self.normalizer.fields:
+                raise CheckpointError(
+                    f"normalizer has no field {key!r}; it has {self.normalizer.fields}"
+                )
+        self.obs_encoder = None
+        if cfg.get("obs_encoder"):
+            self.obs_encoder, _ = build_obs_encoder(cfg["obs_encoder"])
+            _load_strict(self.obs_encoder, checkpoint.section("obs_encoder"), "obs_encoder")
+            self.obs_encoder.to(self.device, self.dtype).eval()
+        self.model.to(self.device, self.dtype)
+        self.normalizer.to(self.device)
+        self.scheduler_config = dict(cfg["noise_scheduler"])
+        self.num_inference_steps = int(pol.get("num_inference_steps", 100))
+        self.engine = DenoisingEngine(
+            self.model, build_scheduler(self.scheduler_config), self.num_inference_steps
+        )
+        weights = {k: v for k, v in checkpoint.tensors.items()}
+        self.fingerprint = model_fingerprint(
+            {k: cfg[k] for k in ("policy", "model", "noise_scheduler", "obs_encoder") if k in cfg},
+            weights,
+        )
+        self.schedule: Schedule | None = None
+        self.plan: np.ndarray | None = None
+        self.schedule_id = ""
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "float32",
+                        schedule: str | Path | Schedule | None = None) -> Policy:
+        policy = cls(load_checkpoint(path), device=device, dtype=dtype)
+        policy.set_schedule(schedule)
+        return policy
+
+    # -- schedules -------------------------------------------------------------------------
+    @property
+    def sampler(self) -> dict:
+        return {"type": self.scheduler_config["type"],
+                "num_inference_steps": self.num_inference_steps}
+
+    def set_schedule(self, spec: str | Path | Schedule | None) -> None:
+        """``None``/'none'/'' = full compute; 'uniform:N'; a schedule file or object (validated
+        against this model and sampler, else :class:`ScheduleError` and nothing changes)."""
+        if spec is None or str(spec) in ("", "none", "full"):
+            self.schedule, self.plan, self.schedule_id = None, None, ""
+            return
+        if isinstance(spec, str) and spec.startswith("uniform:"):
+            try:
+                every = int(spec.split(":", 1)[1])
+            except ValueError:
+                raise ValueError(f"uniform schedule must be 'uniform:N' with an integer N; got {spec!r}") from None
+            plan = uniform_plan(self.num_inference_steps, len(self.engine.blocks), every)
+            self.schedule, self.plan, self.schedule_id = None, plan, spec
+            return
+        sched = spec if isinstance(spec, Schedule) else Schedule.load(spec)
+        plan = sched.validate_for(self.fingerprint, self.sampler["type"],
+                                  self.num_inference_steps, self.engine.blocks)
+        self.schedule, self.plan, self.schedule_id = sched, plan, sched.id
+
+    # -- observations ----------------------------------------------------------------------
+    def _obs_tensor(self, key: str, value, batched: bool) -> torch.Tensor:
+        shape, kind = self.obs_spec[key]
+        arr = np.asarray(value)
+        if not batched:
+            arr = arr[None]
+        if kind == "rgb" and arr.ndim == 5 and arr.shape[-1] == shape[0] and arr.shape[2] != shape[0]:
+            arr = np.moveaxis(arr, -1, 2)  # (B, To, H, W, C) camera layout -> (B, To, C, H, W)
+        if arr.ndim != 2 + len(shape) or tuple(arr.shape[2:]) != shape:
+            raise ObservationError(
+                f"observation {key!r} has shape {tuple(np.shape(value))}; expected "
+                f"({'B, ' if batched else ''}{self.n_obs_steps}, {', '.join(map(str, shape))})"
+            )
+        if arr.shape[1] < self.n_obs_steps:
+            raise ObservationError(
+                f"observation {key!r} holds {arr.shape[1]} steps; the policy needs the last "
+                f"{self.n_obs_steps}"
+            )
+        arr = arr[:, -self.n_obs_steps:]
+        t = torch.as_tensor(arr)
+        t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+        if not torch.isfinite(t).all():
+            raise ObservationError(f"observation {key!r} contains NaN or inf")
+        return t.to(self.device)
+
+    def conditions(self, obs: Mapping[str, np.ndarray], batched: bool = False) -> torch.Tensor:
+        """Normalised observation features (B, To, D): the model condition (or inpainted obs)."""
+        missing = [k for k in self.obs_spec if k not in obs]
+        if missing:
+            raise ObservationError(
+                f"observation is missing {missing}; the policy expects keys {list(self.obs_spec)}"
+            )
+        nobs = {k: self.normalizer.normalize(k, self._obs_tensor(k, obs[k], batched))
+                for k in self.obs_spec}
+        B = next(iter(nobs.values())).shape[0]
+        with torch.inference_mode():
+            if self.obs_encoder is not None:
+                flat = {k: v.reshape(-1, *v.shape[2:]).to(self.dtype) for k, v in nobs.items()}
+                return self.obs_encoder(flat).reshape(B, self.n_obs_steps, -1)
+            return torch.cat([v.reshape(B, self.n_obs_steps, -1) for v in nobs.values()], -1)
+
+    def _sample(self, feats: torch.Tensor, generator, plan, recorder=None) -> torch.Tensor:
+        B, Da = feats.shape[0], self.action_dim
+        if self.obs_as_cond:
+            return self.engine.sample(feats, (B, self.horizon, Da), generator, plan, recorder)
+        Do = feats.shape[-1]
+        data = torch.zeros(B, self.horizon, Da + Do, device=self.device, dtype=self.dtype)
+        mask = torch.zeros_like(data, dtype=torch.bool)
+        data[:, : self.n_obs_steps, Da:] = feats.to(self.dtype)
+        mask[:, : self.n_obs_steps, Da:] = True
+        return self.engine.sample(None, data.shape, generator, plan, recorder, data, mask)
+
+    def predict_horizon(self, obs: Mapping[str, np.ndarray], seed: int | None = None,
+                        generator: torch.Generator | None = None,
+                        batched: bool = False) -> np.ndarray:
+        """All ``horizon`` predicted actions, unnormalised: (horizon, Da) or (B, horizon, Da)."""
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(seed)
+        feats = self.conditions(obs, batched)
+        nsample = self._sample(feats, generator, self.plan)
+        with torch.inference_mode():
+            actions = self.normalizer.unnormalize("action", nsample[..., : self.action_dim].float())
+        out = actions.cpu().numpy().astype(np.float32)
+        return out if batched else out[0]
+
+    def predict(self, obs: Mapping[str, np.ndarray], seed: int | None = None,
+                generator: torch.Generator | None = None, batched: bool = False) -> np.ndarray:
+        """The executable chunk: (n_action_steps, action_dim), or with a leading batch axis."""
+        pred = self.predict_horizon(obs, seed, generator, batched)
+        s = self.action_offset
+        return pred[..., s : s + self.n_action_steps, :]
+
+    # -- profiling and schedules -----------------------------------------------------------
+    def profile(self, observations: Sequence[Mapping[str, np.ndarray]], batch_size: int = 8,
+                seed: int = 0, progress: Callable[[int], None] | None = None) -> ProfileResult:
+        """Full-compute block statistics over recorded observations (unbatched obs dicts)."""
+        if not observations:
+            raise ValueError("no observations to profile; expected at least one")
+
+        def batches():
+            for i in range(0, len(observations), batch_size):
+                chunk = observations[i : i + batch_size]
+                yield self.conditions({k: np.stack([o[k] for o in chunk]) for k in self.obs_spec},
+                                      batched=True)
+
+        return profile(self.engine, batches(),
+                       lambda feats, g, rec: self._sample(feats, g, None, rec), seed,
+                       progress=progress)
+
+    def compile_schedule(self, result: ProfileResult, budget: int = 10, top_k: int = 5,
+                         metric: str = "cosine", last_step: bool = True,
+                         source: str = "") -> Schedule:
+        steps, selected = bac_steps(result.mean[metric], result.errors, result.blocks, budget,
+                                    metric, top_k, last_step)
+        names = [b.name for b in result.blocks]
+        return Schedule(
+            fingerprint=self.fingerprint,
+            sampler=self.sampler,
+            steps=dict(zip(names, steps)),
+            method={"name": f"bac_s{budget}_k{top_k}", "metric": metric, "budget": budget,
+                    "top_k": top_k, "bua_blocks": [names[i] for i in selected],
+                    "force_last_step": last_step},
+            provenance=provenance(source, result.observations),
+        )
+
+    def flop_ratio(self, plan: np.ndarray | None) -> float:
+        """Full-compute FLOPs over the plan's FLOPs (the theoretical speedup)."""
+        if not hasattr(self, "_flops"):
+            cond = torch.zeros(1, self.n_obs_steps, self.model.config["cond_dim"] or 1,
+                               device=self.device, dtype=self.dtype)
+            cond = cond if self.obs_as_cond else None
+            shape = (1, self.horizon, self.model.config["input_dim"])
+            self._flops = self.engine.measure_flops(cond, shape)
+        K = self.num_inference_steps
+        return plan_flops(None, *self._flops, K) / plan_flops(plan, *self._flops, K)
