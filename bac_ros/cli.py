@@ -1,17 +1,135 @@
-"""`bac`: the command line of the ROS-free core (profile, inspect, convert, train, eval, bench)."""
+"""`bac`: the command line of the ROS-free core.
+
+    bac convert SRC DST              Chi et al. .ckpt (or native folder) -> native folder
+    bac profile --checkpoint DIR --observations OBS.npz --out SCHEDULE.yaml
+    bac inspect SCHEDULE.yaml [--out DIR]
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bac_ros import __version__
 
 
+def _convert(args) -> int:
+    import torch
+
+    from bac_ros.policy.checkpoint import save_native
+    from bac_ros.policy.policy import load_checkpoint
+
+    ckpt = load_checkpoint(args.src)
+    dtype = {"float16": torch.float16, "float32": torch.float32}[args.weights_dtype]
+    out = save_native(ckpt, args.dst, weights_dtype=dtype)
+    n = sum(v.numel() for k, v in ckpt.tensors.items() if k.startswith("model."))
+    print(f"wrote {out} ({ckpt.config['policy']['kind']}, {n / 1e6:.2f}M model parameters, "
+          f"{args.weights_dtype} weights)")
+    return 0
+
+
+def _profile(args) -> int:
+    from tqdm import tqdm
+
+    from bac_ros.policy.observations import load_observations
+    from bac_ros.policy.policy import Policy
+
+    policy = Policy.from_pretrained(args.checkpoint, device=args.device)
+    observations = load_observations(args.observations)
+    if args.max_observations:
+        observations = observations[: args.max_observations]
+    with tqdm(total=len(observations), desc="profiling", unit="obs", file=sys.stderr) as bar:
+        result = policy.profile(observations, batch_size=args.batch_size, seed=args.seed,
+                                progress=bar.update)
+    sched = policy.compile_schedule(result, budget=args.budget, top_k=args.top_k,
+                                    metric=args.metric, last_step=not args.no_last_step,
+                                    source=str(args.observations))
+    out = sched.save(args.out)
+    result.save(out.with_suffix(".profile.npz"))
+    plan = sched.plan(policy.engine.blocks)
+    print(f"wrote {out} (id {sched.id}): {plan.sum()} of {plan.size} block-steps update "
+          f"({plan.mean():.1%}), FLOP ratio {policy.flop_ratio(plan):.2f}x")
+    if args.plots:
+        _write_plots(sched, result, Path(args.plots))
+    return 0
+
+
+def _write_plots(sched, result, folder: Path) -> None:
+    from bac_ros.cache import plots
+    from bac_ros.cache.plans import plan_from_steps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = list(sched.steps)
+    plan = plan_from_steps([sched.steps[n] for n in names], sched.num_steps)
+    written = [plots.update_raster(names, plan, folder / "updates.png", title=sched.id)]
+    if result is not None:
+        metric = sched.method.get("metric", "cosine")
+        written.append(plots.similarity_heatmaps(result, metric, folder / f"similarity_{metric}.png"))
+        written.append(plots.block_errors(result, sched.method.get("bua_blocks", []),
+                                          folder / "block_errors.png"))
+    for p in written:
+        print(f"wrote {p}")
+
+
+def _inspect(args) -> int:
+    from bac_ros.cache.profile import ProfileResult
+    from bac_ros.cache.schedule import Schedule
+
+    sched = Schedule.load(args.schedule)
+    m, p = sched.method, sched.provenance
+    print(f"schedule {sched.id}: model {sched.fingerprint}, {sched.sampler['type']} "
+          f"K={sched.num_steps}")
+    print(f"method: {m.get('name')} metric={m.get('metric')} S={m.get('budget')} "
+          f"k={m.get('top_k')} last step forced={m.get('force_last_step')}")
+    print(f"provenance: {p.get('source')} ({p.get('observations')} observations, "
+          f"{p.get('created')}, {p.get('tool')})")
+    print(f"updates: {sched.update_ratio():.1%} of block-steps")
+    bua = set(m.get("bua_blocks", []))
+    for name, steps in sched.steps.items():
+        mark = " [BUA]" if name in bua else ""
+        print(f"  {name:<32} {len(steps):>3} updates{mark}: {steps}")
+    if args.out:
+        profile_file = Path(args.schedule).with_suffix(".profile.npz")
+        result = ProfileResult.load(profile_file) if profile_file.is_file() else None
+        if result is None:
+            print(f"no {profile_file.name} beside the schedule: only the update raster is drawn")
+        _write_plots(sched, result, Path(args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bac", description=__doc__)
+    parser = argparse.ArgumentParser(prog="bac", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"bac_ros {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("convert", help="import a checkpoint into the native format")
+    p.add_argument("src", type=Path, help="Chi et al. .ckpt file or native checkpoint folder")
+    p.add_argument("dst", type=Path, help="output folder (config.yaml + model.safetensors)")
+    p.add_argument("--weights-dtype", choices=("float16", "float32"), default="float32")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("profile", help="profile recorded observations, compile a BAC schedule")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--observations", type=Path, required=True,
+                   help="npz with one (N, To, ...) array per observation key")
+    p.add_argument("--out", type=Path, required=True, help="schedule YAML to write")
+    p.add_argument("--budget", "-S", type=int, default=10, help="ACS updates per block")
+    p.add_argument("--top-k", "-k", type=int, default=5, help="BUA blocks (<2 disables BUA)")
+    p.add_argument("--metric", choices=("cosine", "l1", "mse"), default="cosine")
+    p.add_argument("--no-last-step", action="store_true", help="do not force the final step")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-observations", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--plots", type=Path, help="also write PNG plots into this folder")
+    p.set_defaults(func=_profile)
+
+    p = sub.add_parser("inspect", help="summarise a schedule and draw its plots")
+    p.add_argument("schedule", type=Path)
+    p.add_argument("--out", type=Path, help="folder for PNG plots")
+    p.set_defaults(func=_inspect)
     return parser
 
 
@@ -21,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # user errors: one clear sentence, no trace
+        print(f"bac {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -104,3 +104,26 @@ def test_bac_steps_forces_last_step_and_plan_shapes():
     assert u[:, 0].nonzero()[0].tolist() == [0, 5, 10, 15]
     with pytest.raises(ValueError, match="include 0"):
         plan_from_steps([[1, 2]], 20)
+
+
+def test_similarity_metrics_match_their_definitions():
+    import torch
+
+    from bac_ros.cache.similarity import pairwise_l1_error, similarity_matrix
+
+    f = torch.randn(6, 2, 5, generator=torch.Generator().manual_seed(0))
+    flat = f.reshape(6, -1)
+    for i in range(6):
+        for j in range(6):
+            a, b = flat[i], flat[j]
+            cos = torch.dot(a, b) / (a.norm() * b.norm())
+            assert similarity_matrix(f, "cosine")[i, j] == pytest.approx(float(cos), abs=1e-6)
+            assert similarity_matrix(f, "l1")[i, j] == pytest.approx(
+                float((a - b).abs().mean()), abs=1e-6)
+            assert similarity_matrix(f, "mse")[i, j] == pytest.approx(
+                float((a - b).square().mean()), abs=1e-5)
+    l1 = similarity_matrix(f, "l1")
+    pairs = [float((flat[i] - flat[j]).abs().mean()) for i in range(6) for j in range(i + 1, 6)]
+    assert pairwise_l1_error(l1) == pytest.approx(np.mean(pairs), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown similarity metric"):
+        similarity_matrix(f, "wasserstein")

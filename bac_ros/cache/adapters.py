@@ -70,7 +70,7 @@ def _dpt_fast_runner(
     part depends only on k and the obs part only on the observation. Both, and their
     cross-attention keys/values, are computed once here instead of at every step."""
     K = len(timesteps)
-    time_tok = model.time_emb(timesteps.to(model.pos_emb.device))[:, None, :]  # (K, 1, E)
+    time_tok = model.time_tokens(timesteps)  # (K, 1, E)
     mem_time = model.encoder(model.drop(time_tok + model.cond_pos_emb[:, :1]))
     mem_obs = None
     if model.cond_obs_emb is not None:

@@ -33,7 +33,8 @@ class DenoisingEngine:
 
     ``fast=False`` runs the model's plain ``forward`` and the scheduler's own ``step`` (the
     reference path); ``fast=True`` uses the adapter's runner and the tabulated update, which
-    are the same maths in a cheaper order (equal to float rounding).
+    are the same maths in a cheaper order (equal to float rounding). On CUDA the fast path
+    replays one captured graph per (plan, shape) when ``cuda_graphs`` is on.
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class DenoisingEngine:
         num_inference_steps: int,
         adapter: BlockAdapter | None = None,
         fast: bool = True,
+        cuda_graphs: bool = True,
     ):
         self.model = model.eval()
         self.scheduler = scheduler
@@ -50,9 +52,10 @@ class DenoisingEngine:
         self.cache = BlockCache(self.adapter.bind(model)).attach()
         scheduler.set_timesteps(num_inference_steps)
         self.timesteps = scheduler.timesteps.clone()
+        self._timesteps_dev: torch.Tensor | None = None
         self.fast = fast
         self.table = StepTable.from_scheduler(scheduler) if fast else None
-        self._table_device = None
+        self.graphs = CudaGraphs() if fast and cuda_graphs else None
 
     @property
     def num_steps(self) -> int:
@@ -99,8 +102,6 @@ class DenoisingEngine:
             )
         self.cache.attach().reset(plan)
         self.cache.recorder = recorder
-        if self.table is not None and self._table_device != device:
-            self.table, self._table_device = self.table.to(device), device
         fast_step = self.table is not None
         if fast_step:
             x, noise = self.draw_noise(shape, generator)
@@ -110,23 +111,32 @@ class DenoisingEngine:
         x = x.to(device, dtype)
         if cond is not None:
             cond = cond.to(device, dtype)
-        step_fn = self.adapter.runner(self.model, cond, self.timesteps, fast=self.fast)
-        inpaint = condition_mask is not None
         try:
-            for k in range(self.num_steps):
-                self.cache.step = k
-                if inpaint:
-                    x[condition_mask] = condition_data[condition_mask]
-                out = step_fn(x, k)
-                if fast_step:
-                    x = self.table.step(k, out, x, None if noise is None else noise[k])
-                else:
-                    t = self.timesteps[k]
-                    x = self.scheduler.step(out, t, x, generator=generator).prev_sample
-            if inpaint:
-                x[condition_mask] = condition_data[condition_mask]
+            graphable = recorder is None and self.cache.wrapper is None
+            if self.graphs is not None and fast_step and graphable and device.type == "cuda":
+                return self.graphs.run(self, cond, x, noise, plan, condition_data, condition_mask)
+            return self._loop(cond, x, noise, condition_data, condition_mask, generator)
         finally:
             self.cache.recorder = None
+
+    def _loop(self, cond, x, noise, condition_data, condition_mask, generator=None):
+        """The K steps; with the fast update it is a fixed op sequence (graph-capturable)."""
+        device = x.device
+        if self._timesteps_dev is None or self._timesteps_dev.device != device:
+            self._timesteps_dev = self.timesteps.to(device)  # never copied inside a graph capture
+        step_fn = self.adapter.runner(self.model, cond, self._timesteps_dev, fast=self.fast)
+        inpaint = condition_mask is not None
+        for k in range(self.num_steps):
+            self.cache.step = k
+            if inpaint:
+                x = torch.where(condition_mask, condition_data, x)
+            out = step_fn(x, k)
+            if self.table is not None:
+                x = self.table.step(k, out, x, None if noise is None else noise[k])
+            else:
+                x = self.scheduler.step(out, self.timesteps[k], x, generator=generator).prev_sample
+        if inpaint:
+            x = torch.where(condition_mask, condition_data, x)
         return x
 
     def measure_flops(
@@ -158,3 +168,52 @@ def plan_flops(plan: np.ndarray | None, block_flops: np.ndarray, overhead: float
     """Total FLOPs of one sample under ``plan`` (None = full compute)."""
     updates = np.full(len(block_flops), K) if plan is None else np.asarray(plan).sum(axis=0)
     return float(overhead * K + (updates * block_flops).sum())
+
+
+class CudaGraphs:
+    """One captured CUDA graph of the whole K-step loop per (plan, input shapes).
+
+    The plan is static, so the loop is a fixed sequence of kernels: capture it once, then copy
+    the new condition and noise into the graph's input buffers and replay. Weights must not
+    change after capture (call :meth:`clear` if they do).
+    """
+
+    def __init__(self, max_graphs: int = 8):
+        self.max_graphs = max_graphs
+        self._graphs: dict = {}
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    @staticmethod
+    def _key(plan, *tensors):
+        plan_key = None if plan is None else np.packbits(np.asarray(plan, bool)).tobytes()
+        shapes = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in tensors)
+        return plan_key, shapes
+
+    def run(self, engine: DenoisingEngine, cond, x, noise, plan, data, mask) -> torch.Tensor:
+        inputs = (cond, x, noise, data, mask)
+        key = self._key(plan, *inputs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.max_graphs:
+                self._graphs.pop(next(iter(self._graphs)))
+            static = tuple(None if t is None else t.clone() for t in inputs)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm up kernels and allocator outside the capture
+                    engine.cache.reset(plan)
+                    engine._loop(*static)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            engine.cache.reset(plan)
+            with torch.cuda.graph(graph):
+                out = engine._loop(*static)
+            entry = self._graphs[key] = (graph, static, out)
+        graph, static, out = entry
+        for dst, src in zip(static, inputs):
+            if dst is not None:
+                dst.copy_(src)
+        graph.replay()
+        return out.clone()

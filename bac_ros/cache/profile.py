@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -31,6 +32,28 @@ class ProfileResult:
     mean: dict[str, np.ndarray]  # metric -> (n_blocks, K, K)
     std: dict[str, np.ndarray]
     errors: np.ndarray  # (n_blocks,) mean pairwise l1 error, averaged over observations
+
+    def save(self, path: str | Path) -> Path:
+        """npz beside the schedule, so plots can be redrawn without profiling again."""
+        arrays = {f"mean_{m}": v for m, v in self.mean.items()}
+        arrays.update({f"std_{m}": v for m, v in self.std.items()})
+        np.savez_compressed(
+            path, names=np.array([b.name for b in self.blocks]),
+            layers=np.array([b.layer for b in self.blocks]),
+            kinds=np.array([b.kind for b in self.blocks]), errors=self.errors,
+            num_steps=self.num_steps, observations=self.observations, **arrays,
+        )
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProfileResult:
+        d = np.load(path)
+        blocks = [Block(str(n), int(l), str(k))
+                  for n, l, k in zip(d["names"], d["layers"], d["kinds"])]
+        metrics = [k[len("mean_"):] for k in d.files if k.startswith("mean_")]
+        return cls(blocks, int(d["num_steps"]), int(d["observations"]),
+                   {m: d[f"mean_{m}"] for m in metrics}, {m: d[f"std_{m}"] for m in metrics},
+                   d["errors"])
 
 
 def profile(

@@ -51,24 +51,24 @@ def scheduler_config(scheduler) -> dict:
 
 @dataclass
 class StepTable:
-    """Per-step constants of an affine DDPM/DDIM update (index k = execution order)."""
+    """Per-step constants of an affine DDPM/DDIM update (index k = execution order).
 
-    x0_from_x: torch.Tensor  # x0 = x0_from_x * x + x0_from_out * model_output
-    x0_from_out: torch.Tensor
-    c_x0: torch.Tensor
-    c_x: torch.Tensor
-    c_eps_x: torch.Tensor  # eps = c_eps_x * x + c_eps_out * model_output (DDIM direction term)
-    c_eps_out: torch.Tensor
-    sigma: torch.Tensor
+    Plain Python floats: the update of step k is then a fixed sequence of tensor ops with no
+    host-device traffic, which a CUDA graph can capture.
+    """
+
+    x0_from_x: list[float]  # x0 = x0_from_x * x + x0_from_out * model_output
+    x0_from_out: list[float]
+    c_x0: list[float]
+    c_x: list[float]
+    c_eps_x: list[float]  # eps = c_eps_x * x + c_eps_out * model_output (DDIM direction term)
+    c_eps_out: list[float]
+    sigma: list[float]
     clip: float | None
 
     @property
     def stochastic(self) -> bool:
-        return bool((self.sigma > 0).any())
-
-    def to(self, device) -> StepTable:
-        fields = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in self.__dict__.items()}
-        return StepTable(**fields)
+        return any(s > 0 for s in self.sigma)
 
     def step(self, k: int, out: torch.Tensor, x: torch.Tensor, noise: torch.Tensor | None):
         x0 = self.x0_from_x[k] * x + self.x0_from_out[k] * out
@@ -129,6 +129,7 @@ class StepTable:
                 else:  # eps = (x - sqrt(a_t) x0_pred) / sqrt(b_t), x0_pred = model output
                     ce_x, ce_o = d / b_t**0.5, -d * a_t**0.5 / b_t**0.5
             rows.append([x0x, x0o, c_x0, c_x, ce_x, ce_o, sigma])
+        # Rounded to float32 first: the values diffusers' own float32 arithmetic uses.
         cols = torch.tensor([[float(v) for v in r] for r in rows], dtype=torch.float32).T
         clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
-        return cls(*cols, clip=clip)
+        return cls(*(c.tolist() for c in cols), clip=clip)

@@ -23,8 +23,10 @@ def similarity_matrix(features: torch.Tensor, metric: str) -> torch.Tensor:
         return n @ n.T
     if metric == "l1":
         return torch.cdist(f, f, p=1) / f.shape[1]
-    if metric == "mse":
-        return torch.cdist(f, f, p=2).square() / f.shape[1]
+    if metric == "mse":  # |a-b|^2 = |a|^2 + |b|^2 - 2ab: one matmul, much faster than cdist
+        sq = f.square().sum(1)
+        d = (sq[:, None] + sq[None, :] - 2 * f @ f.T).clamp_min(0) / f.shape[1]
+        return d.fill_diagonal_(0)
     raise ValueError(f"unknown similarity metric {metric!r}; expected one of {METRICS}")
 
 

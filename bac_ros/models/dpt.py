@@ -259,12 +259,16 @@ class TransformerForDiffusion(nn.Module):
 
     # -- the pieces of forward, public so that a sampler can run the always-computed parts ----
     def timestep_tokens(self, timestep: torch.Tensor | int | float, batch: int, device) -> torch.Tensor:
-        """Time embedding as a (B, 1, n_emb) token."""
+        """Time embedding as a (B, 1, n_emb) token, in the model's dtype."""
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], dtype=torch.long, device=device)
         elif timestep.dim() == 0:
             timestep = timestep[None].to(device)
-        return self.time_emb(timestep.expand(batch)).unsqueeze(1)
+        return self.time_tokens(timestep.expand(batch))
+
+    def time_tokens(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """(N,) timesteps -> (N, 1, n_emb) tokens in the model's dtype."""
+        return self.time_emb(timesteps).to(self.pos_emb.dtype).unsqueeze(1)
 
     def encode_condition(self, time_tok: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Condition tokens -> memory (B, T_cond, n_emb) for the decoder."""

@@ -2,7 +2,14 @@
 sits behind a circular obstacle, so the arm has to reach around the obstacle on one side.
 
 Coordinates are metres in a 1 m x 1 m workspace, x to the right, y up; the base sits near the
-bottom centre. Joint 1 is the absolute angle of link 1; joints 2 and 3 are relative angles.
+bottom centre. Joint 1 is the absolute angle of link 1 (counter-clockwise from +x). Joints 2 and
+3 are measured counter-clockwise from the *folded* pose, where a link lies back along the
+previous one (the links move in stacked planes, so they may pass over each other): 0 is folded,
++-pi would be straight. With this convention the start pose, the arm folded into a Z along the
+vertical, is ``(pi/2, 0, 0)`` and the mirror image of ``(q1, q2, q3)`` is
+``(pi - q1, -q2, -q3)``: unfolding to the left or to the right is equally easy, which is what
+makes the two ways around the obstacle equally good demonstrations.
+
 Links are segments of width ``2 * link_half_width``; the arm collides when any link comes
 closer to the obstacle centre than ``obstacle_radius + link_half_width``. Links do not collide
 with each other (a planar arm whose links lie in stacked planes).
@@ -53,10 +60,12 @@ class ArmTaskConfig:
 
     link_lengths: tuple[float, float, float] = (0.35, 0.30, 0.25)
     base_xy: tuple[float, float] = (0.5, 0.1)
+    # Joints 2 and 3 stop 0.34 rad short of straight (+-pi), away from the stretched-out
+    # singularity.
     joint_low: tuple[float, float, float] = (0.0, -2.8, -2.8)
     joint_high: tuple[float, float, float] = (math.pi, 2.8, 2.8)
-    # Tucked start: every link within 0.35 m of the base, end effector 0.2 m above it.
-    start_joints: tuple[float, float, float] = (1.9, 2.54, 2.526)
+    # Folded Z along the vertical: every link within 0.35 m of the base, effector 0.3 m above.
+    start_joints: tuple[float, float, float] = (math.pi / 2, 0.0, 0.0)
     link_half_width: float = 0.01
     obstacle_radius: float = 0.06
     # Drawn radius of the target disc; success is judged with the tighter ``success_tol``.
@@ -69,12 +78,16 @@ class ArmTaskConfig:
     max_joint_speed: float = 2.0  # rad/s
     max_steps: int = 80
     image_size: int = 96
+    joint_marker_radius: float = 0.012  # drawn joint and effector dots (m)
     # Episode sampling (distances in metres from the base unless said otherwise).
     target_dist_range: tuple[float, float] = (0.6, 0.78)
-    target_bearing_max: float = 0.8  # rad either side of straight up
+    target_bearing_max: float = 0.6  # rad either side of straight up
     obstacle_gap_range: tuple[float, float] = (0.17, 0.22)  # obstacle centre to target centre
     obstacle_offset_max: float = 0.015  # sideways offset from the straight start-target line
-    obstacle_min_base_dist: float = 0.45  # keeps link 1 (0.35 m) clear of the obstacle
+    obstacle_min_base_dist: float = 0.48  # link 1 (0.35 m) never reaches the obstacle
+    # The obstacle also sits on the straight base-to-target line (at most this far off it), so
+    # either way around, the arm has to reach around it: the two sides are mirror images.
+    obstacle_max_chain_offset: float = 0.04
     workspace_margin: float = 0.05
 
     @property
@@ -87,24 +100,19 @@ def wrap_angle(a: np.ndarray | float) -> np.ndarray | float:
     return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi
 
 
+def link_headings(joints: np.ndarray) -> np.ndarray:
+    """Absolute direction of each link, ``(..., 3)``, under the folded-zero convention."""
+    joints = np.asarray(joints, dtype=np.float64)
+    return np.cumsum(joints, axis=-1) + np.array([0.0, np.pi, 2 * np.pi])
+
+
 def forward_kinematics(config: ArmTaskConfig, joints: np.ndarray) -> np.ndarray:
     """Joint angles ``(..., 3)`` -> points ``(..., 4, 2)``: base, joint 2, joint 3, effector."""
-    joints = np.asarray(joints, dtype=np.float64)
-    theta = np.cumsum(joints, axis=-1)
+    theta = link_headings(joints)
     lengths = np.asarray(config.link_lengths)
     steps = lengths[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=-1)
     base = np.broadcast_to(np.asarray(config.base_xy), steps.shape[:-2] + (1, 2))
     return np.concatenate([base, base + np.cumsum(steps, axis=-2)], axis=-2)
-
-
-def effector_jacobian(config: ArmTaskConfig, joints: np.ndarray) -> np.ndarray:
-    """d(effector xy)/d(joints), shape ``(2, 3)``, for one configuration."""
-    theta = np.cumsum(joints)
-    lengths = np.asarray(config.link_lengths)
-    dx = -lengths * np.sin(theta)
-    dy = lengths * np.cos(theta)
-    # Joint j moves every link from j on: reverse cumulative sums.
-    return np.stack([np.cumsum(dx[::-1])[::-1], np.cumsum(dy[::-1])[::-1]])
 
 
 def segment_distances(points: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -127,12 +135,15 @@ def in_collision(config: ArmTaskConfig, joints: np.ndarray, obstacle_xy: np.ndar
     return bool(np.any(clearance(config, joints, obstacle_xy) < 0.0))
 
 
-def sample_episode(config: ArmTaskConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+def sample_episode(
+    config: ArmTaskConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Target and obstacle centres with the obstacle across the start-to-target line.
 
     The obstacle sits ``obstacle_gap_range`` before the target on the straight line from the
     start effector, shifted sideways by at most ``obstacle_offset_max`` so that neither side is
-    clearly shorter, and far enough from the base that only links 2 and 3 can reach it.
+    clearly shorter, far enough from the base that only links 2 and 3 can reach it, and close
+    to the base-to-target line. Draws that miss a constraint are redrawn.
     """
     base = np.asarray(config.base_xy)
     start = forward_kinematics(config, np.asarray(config.start_joints))[-1]
@@ -148,7 +159,10 @@ def sample_episode(config: ArmTaskConfig, rng: np.random.Generator) -> tuple[np.
         inside = np.all((target >= lo) & (target <= 1 - lo))
         inside &= np.all(obstacle >= lo + config.obstacle_radius)
         inside &= np.all(obstacle <= 1 - lo - config.obstacle_radius)
-        if inside and np.linalg.norm(obstacle - base) >= config.obstacle_min_base_dist:
+        radial = (target - base) / dist
+        chain_offset = abs(radial[0] * (obstacle - base)[1] - radial[1] * (obstacle - base)[0])
+        far = np.linalg.norm(obstacle - base) >= config.obstacle_min_base_dist
+        if inside and far and chain_offset <= config.obstacle_max_chain_offset:
             return target, obstacle
 
 
@@ -177,7 +191,7 @@ def render(
     width = max(1, int(round(2 * config.link_half_width * s)))
     for a, b in zip(points[:-1], points[1:], strict=True):
         cv2.line(img, a, b, LINK_RGB, width, aa, _SHIFT)
-    r_joint = int(round(0.012 * px_per_m))
+    r_joint = int(round(config.joint_marker_radius * px_per_m))
     for p in points[:-1]:
         cv2.circle(img, p, r_joint, JOINT_RGB, -1, aa, _SHIFT)
     cv2.circle(img, points[-1], r_joint, EFFECTOR_RGB, -1, aa, _SHIFT)
@@ -235,8 +249,10 @@ class ArmEnv:
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool, dict]:
         """Track the joint targets for one control period; returns ``(obs, done, info)``.
 
-        ``info`` holds ``success``, ``collision``, ``timeout`` (bools), ``steps`` and
-        ``effector_error`` (distance to the target centre, m).
+        ``info`` holds ``success``, ``collision``, ``timeout`` (bools), ``steps``,
+        ``effector_error`` (distance to the target centre, m) and ``clearance`` (smallest link
+        gap to the obstacle during the step, m; negative on collision). On a collision the arm
+        stops where it first touched.
         """
         if self.done:
             raise RuntimeError("step() called on a finished episode; call reset(seed) first")
@@ -246,7 +262,9 @@ class ArmEnv:
         path = np.empty((cfg.substeps, JOINT_DIM))
         q = self.joints
         for i in range(cfg.substeps):
-            speed = np.clip(cfg.joint_gain * (target - q), -cfg.max_joint_speed, cfg.max_joint_speed)
+            speed = np.clip(
+                cfg.joint_gain * (target - q), -cfg.max_joint_speed, cfg.max_joint_speed
+            )
             q = q + speed * h
             path[i] = q
         gaps = clearance(cfg, path, self.obstacle)
@@ -265,5 +283,6 @@ class ArmEnv:
             "timeout": timeout,
             "steps": self.steps,
             "effector_error": error,
+            "clearance": float(gaps.min()),
         }
         return self.observation(), self.done, info

@@ -3,25 +3,29 @@
 The demonstrations must be bimodal only in the side: given the side, the motion is a
 deterministic, smooth function of the scene. The effector follows the shortest path around the
 obstacle (inflated by a clearance margin) on the chosen side: a straight tangent, an arc, a
-straight tangent onto the target, timed with a minimum-jerk profile.
+straight tangent onto the target.
 
 The arm has one spare degree of freedom for a 2-D effector position: the heading of link 3.
 Given a heading and an elbow sign the joints follow in closed form, so the planner discretises
-(heading, elbow) at every waypoint and picks the sequence with dynamic programming: least
-joint motion, links kept away from the obstacle, joint limits and a per-step joint-speed bound
-as hard constraints. Local (Jacobian) inverse kinematics gets trapped unfolding the tucked
-start pose; the global search does not. The chosen headings are then smoothed so that the
-joint targets, not just the effector, move smoothly.
+(heading, elbow) at waypoints 1 cm apart and picks the sequence by dynamic programming: least
+joint motion and links kept away from the obstacle, with joint limits, a minimum link gap and
+a bound on the joint step between waypoints as hard constraints. Jacobian-based inverse
+kinematics is ill-posed at the folded start (all links collinear, a singularity) and gets
+trapped against joint limits while the arm reaches around the obstacle; the global search does
+not. The chosen headings are smoothed so that the joints, not just the effector, move smoothly,
+and the joint path is timed with a minimum-jerk profile that slows down where the arm moves a
+lot for little effector motion.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from bac_ros.sim.arm import ArmEnv, ArmTaskConfig, clearance, wrap_angle
+from bac_ros.sim.arm import ArmEnv, ArmTaskConfig, clearance, link_headings, wrap_angle
 
 LEFT = 1  # passes the obstacle on the left of the start-to-target direction
 RIGHT = -1
@@ -34,16 +38,21 @@ class ExpertConfig:
     # Effector path margin beyond the obstacle surface plus link half width (m): a policy that
     # cuts the corner by more than this collides.
     path_clearance: float = 0.025
-    mean_speed: float = 0.15  # m/s along the path; sets the episode length
-    min_motion_steps: int = 25
-    max_motion_steps: int = 55
-    settle_steps: int = 5  # holds the final targets while the controller converges
-    heading_bins: int = 180  # resolution of the link-3 heading search (2 degrees)
-    max_joint_step: float = 0.2  # rad per control step between planned targets
+    waypoint_spacing: float = 0.01  # m between effector waypoints of the joint-path search
+    heading_bins: int = 120  # resolution of the link-3 heading search (3 degrees)
+    max_joint_step: float = 0.25  # rad between consecutive waypoints
     min_link_gap: float = 0.012  # hard: link surface to obstacle (m), leaves room for lag
     preferred_link_gap: float = 0.05  # closer than this costs ``gap_weight * shortfall**2``
     gap_weight: float = 50.0
     smoothing_passes: int = 30  # neighbour-averaging passes over the heading sequence
+    # Timing: the motion follows a minimum-jerk profile whose peak speed is the slower of
+    # these cruise speeds along each stretch of the path (so it slows where the arm
+    # reconfigures while the effector moves little).
+    cruise_speed: float = 0.25  # m/s, effector
+    cruise_joint_speed: float = 1.2  # rad/s, fastest joint
+    min_motion_steps: int = 25
+    max_motion_steps: int = 60
+    settle_steps: int = 5  # holds the final targets while the controller converges
 
 
 def _unit(angle: float) -> np.ndarray:
@@ -58,7 +67,7 @@ def _min_jerk(tau: np.ndarray) -> np.ndarray:
 
 def detour_path(
     start: np.ndarray, goal: np.ndarray, center: np.ndarray, radius: float, side: int
-) -> tuple[float, callable]:
+) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
     """Shortest path from ``start`` to ``goal`` around a disc, passing it on ``side``.
 
     Returns ``(length, point_at)`` where ``point_at(s)`` maps arc lengths ``(n,)`` to ``(n, 2)``.
@@ -98,12 +107,12 @@ def detour_path(
     return l1 + l2 + l3, point_at
 
 
-
 def joints_from_heading(
     task: ArmTaskConfig, points: np.ndarray, heading: np.ndarray, elbow: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form inverse kinematics for effector ``points`` with link-3 ``heading`` and
-    ``elbow`` sign (sign of joint 2), all broadcast together.
+    ``elbow`` sign (+1: link 2 turns counter-clockwise from link 1, i.e. joint 2 <= 0), all
+    broadcast together.
 
     Returns ``(joints (..., 3), valid (...))``; ``valid`` is false where the wrist is out of
     reach or a joint is out of its limits.
@@ -113,11 +122,14 @@ def joints_from_heading(
     rel = wrist - np.asarray(task.base_xy)
     c2 = (np.sum(rel**2, -1) - l1**2 - l2**2) / (2 * l1 * l2)
     reachable = np.abs(c2) <= 1.0
-    q2 = elbow * np.arccos(np.clip(c2, -1.0, 1.0))
-    q1 = np.arctan2(rel[..., 1], rel[..., 0]) - np.arctan2(l2 * np.sin(q2), l1 + l2 * np.cos(q2))
+    bend = elbow * np.arccos(np.clip(c2, -1.0, 1.0))  # link 2 relative to link 1
+    q1 = np.arctan2(rel[..., 1], rel[..., 0]) - np.arctan2(
+        l2 * np.sin(bend), l1 + l2 * np.cos(bend)
+    )
     # Joint 1 lives in [0, pi]: wrap it into a window centred there before the limit check.
     q1 = wrap_angle(q1 - np.pi / 2) + np.pi / 2
-    q3 = wrap_angle(heading - q1 - q2)
+    q2 = wrap_angle(bend - np.pi)
+    q3 = wrap_angle(heading - q1 - bend - np.pi)
     joints = np.stack(np.broadcast_arrays(q1, q2, q3), -1)
     within = np.all(
         (joints >= np.asarray(task.joint_low)) & (joints <= np.asarray(task.joint_high)), -1
@@ -132,11 +144,11 @@ def plan_joints(
     points: np.ndarray,
     obstacle: np.ndarray,
 ) -> np.ndarray:
-    """Joint targets ``(n, 3)`` that put the effector on each of ``points`` ``(n, 2)``.
+    """Joints ``(n, 3)`` that put the effector on each of ``points`` ``(n, 2)``, starting from
+    ``start_joints``: the dynamic-programming search, then smoothing.
 
     Raises ``RuntimeError`` when no sequence satisfies the hard constraints.
     """
-    n = len(points)
     headings = np.arange(cfg.heading_bins) * (2 * np.pi / cfg.heading_bins)
     elbows = np.array([1.0, -1.0])
     # Nodes: every (heading, elbow) pair at every waypoint -> (n, m, 3) with m = 2 * bins.
@@ -145,27 +157,30 @@ def plan_joints(
     gap = clearance(task, joints, obstacle)
     valid &= gap >= cfg.min_link_gap
     node_cost = cfg.gap_weight * np.maximum(cfg.preferred_link_gap - gap, 0.0) ** 2
-    node_cost = np.where(valid, node_cost, np.inf)
 
-    def transition(prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
-        step = nxt[None, :, :] - prev[:, None, :]
-        cost = np.sum(step**2, -1)
-        return np.where(np.max(np.abs(step), -1) <= cfg.max_joint_step, cost, np.inf)
-
-    cost = transition(start_joints[None], joints[0])[0] + node_cost[0]
-    back = np.zeros((n, joints.shape[1]), dtype=np.int64)
-    for k in range(1, n):
-        alive = np.flatnonzero(np.isfinite(cost))
-        total = cost[alive, None] + transition(joints[k - 1, alive], joints[k])
+    # Forward pass over the valid nodes of each waypoint; ``back`` indexes the previous list.
+    prev_q, prev_cost = start_joints[None], np.zeros(1)
+    nodes, backs = [], []
+    for k in range(len(points)):
+        idx = np.flatnonzero(valid[k])
+        q = joints[k, idx]
+        step = q[None, :, :] - prev_q[:, None, :]
+        total = prev_cost[:, None] + np.sum(step**2, -1)
+        total[np.abs(step).max(-1) > cfg.max_joint_step] = np.inf
         best = np.argmin(total, axis=0)
-        back[k] = alive[best]
-        cost = total[best, np.arange(total.shape[1])] + node_cost[k]
-    if not np.isfinite(cost.min()):
-        raise RuntimeError("no collision-free joint path around the obstacle on this side")
-    chosen = np.empty(n, dtype=np.int64)
-    chosen[-1] = int(np.argmin(cost))
-    for k in range(n - 1, 0, -1):
-        chosen[k - 1] = back[k, chosen[k]]
+        cost = total[best, np.arange(len(idx))] + node_cost[k, idx]
+        keep = np.isfinite(cost)
+        if not keep.any():
+            raise RuntimeError("no collision-free joint path around the obstacle on this side")
+        nodes.append(idx[keep])
+        backs.append(best[keep])
+        prev_q, prev_cost = q[keep], cost[keep]
+    # Backtrack from the cheapest final node.
+    pick = int(np.argmin(prev_cost))
+    chosen = np.empty(len(points), dtype=np.int64)
+    for k in range(len(points) - 1, -1, -1):
+        chosen[k] = nodes[k][pick]
+        pick = backs[k][pick]
     return _smooth(task, cfg, start_joints, points, obstacle, grid_h[chosen], grid_e[chosen])
 
 
@@ -180,7 +195,7 @@ def _smooth(
 ) -> np.ndarray:
     """Average each heading with its neighbours (the grid leaves steps), keeping every pass
     that still meets the hard constraints; the effector positions stay exact."""
-    start_heading = float(np.sum(start_joints))
+    start_heading = float(link_headings(start_joints)[-1])
     heading = start_heading + np.unwrap(np.concatenate([[0.0], heading - start_heading]))[1:]
     joints, _ = joints_from_heading(task, points, heading, elbow)
     for _ in range(cfg.smoothing_passes):
@@ -221,6 +236,8 @@ class Expert:
 
     def reset(self, seed: int, side: int | None = None) -> None:
         """Choose the side (random from ``seed`` unless given) and plan the episode."""
+        if side not in (None, LEFT, RIGHT):
+            raise ValueError(f"side must be LEFT (+1), RIGHT (-1) or None, got {side!r}")
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
         drawn = LEFT if rng.random() < 0.5 else RIGHT
         self._side = drawn if side is None else side
@@ -231,10 +248,21 @@ class Expert:
         task, cfg, env = self.env.config, self.config, self.env
         radius = task.obstacle_radius + task.link_half_width + cfg.path_clearance
         length, point_at = detour_path(env.effector, env.target, env.obstacle, radius, self._side)
-        steps = math.ceil(length / (cfg.mean_speed * task.dt))
+        m = max(2, math.ceil(length / cfg.waypoint_spacing))
+        points = point_at(np.linspace(0.0, length, m + 1)[1:])
+        joints = plan_joints(task, cfg, env.joints, points, env.obstacle)
+        joints = np.concatenate([env.joints[None], joints])
+        # Cruise time of each stretch, then a minimum-jerk clock over the accumulated time.
+        stretch = np.maximum(
+            np.full(m, length / m) / cfg.cruise_speed,
+            np.abs(np.diff(joints, axis=0)).max(axis=1) / cfg.cruise_joint_speed,
+        )
+        clock = np.concatenate([[0.0], np.cumsum(stretch)])
+        # A minimum-jerk profile peaks at 15/8 of its mean speed.
+        steps = math.ceil(15 / 8 * clock[-1] / task.dt)
         n = int(np.clip(steps, cfg.min_motion_steps, cfg.max_motion_steps))
-        points = point_at(length * _min_jerk(np.arange(1, n + 1) / n))
-        motion = plan_joints(task, cfg, env.joints, points, env.obstacle)
+        times = clock[-1] * _min_jerk(np.arange(1, n + 1) / n)
+        motion = np.stack([np.interp(times, clock, joints[:, j]) for j in range(3)], axis=1)
         return np.concatenate([motion, np.repeat(motion[-1:], cfg.settle_steps, axis=0)])
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:

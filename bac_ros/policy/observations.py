@@ -1,0 +1,34 @@
+"""Recorded observations on disk: one npz, one array per observation key of shape (N, To, ...).
+
+This is what `bac profile --observations` reads and what the recorders (sim, bag reader) write:
+the same history windows the policy node hands to ``Policy.predict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def save_observations(path: str | Path, observations: Sequence[Mapping[str, np.ndarray]]) -> Path:
+    if not observations:
+        raise ValueError("no observations to save; expected at least one")
+    keys = list(observations[0])
+    np.savez_compressed(path, **{k: np.stack([o[k] for o in observations]) for k in keys})
+    return Path(path)
+
+
+def load_observations(path: str | Path) -> list[dict[str, np.ndarray]]:
+    path = Path(path)
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read as an observations npz ({e})") from None
+    if not data.files:
+        raise ValueError(f"{path} holds no observation arrays; expected one per observation key")
+    n = {len(data[k]) for k in data.files}
+    if len(n) != 1:
+        raise ValueError(f"{path}: observation arrays have different lengths {sorted(n)}")
+    return [{k: data[k][i] for k in data.files} for i in range(n.pop())]

@@ -1,0 +1,59 @@
+"""The `bac` command line end to end: convert, profile, inspect (as a user runs them)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from test_checkpoint import ChiLowdimPolicyWeights, _lowdim_cfg, _write_chi_ckpt
+
+import bac_ros
+from bac_ros.cli import main
+from bac_ros.policy.observations import save_observations
+
+
+@pytest.fixture
+def native(tmp_path):
+    src = tmp_path / "chi.ckpt"
+    _write_chi_ckpt(src, _lowdim_cfg(), ChiLowdimPolicyWeights())
+    assert main(["convert", str(src), str(tmp_path / "native")]) == 0
+    return tmp_path / "native"
+
+
+def test_convert_profile_inspect(native, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    obs = [{"obs": rng.normal(size=(2, 6)).astype(np.float32)} for _ in range(6)]
+    save_observations(tmp_path / "obs.npz", obs)
+    out = tmp_path / "sched" / "bac.yaml"
+    rc = main(["profile", "--checkpoint", str(native), "--observations", str(tmp_path / "obs.npz"),
+               "--out", str(out), "-S", "3", "-k", "2", "--device", "cpu",
+               "--plots", str(tmp_path / "plots")])
+    assert rc == 0
+    data = yaml.safe_load(out.read_text())
+    assert data["method"]["budget"] == 3 and data["provenance"]["observations"] == 6
+    assert (tmp_path / "sched" / "bac.profile.npz").is_file()
+    for png in ("updates.png", "similarity_cosine.png", "block_errors.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--out", str(tmp_path / "again")]) == 0
+    text = capsys.readouterr().out
+    assert "decoder.layers.0.self_attn" in text and "[BUA]" in text
+    assert (tmp_path / "again" / "similarity_cosine.png").is_file()
+
+
+def test_user_errors_are_one_sentence(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "missing.yaml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bac inspect: error:") and "does not exist" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_installed_executable_runs():
+    """What `ros2 run bac_ros bac` executes."""
+    from ament_index_python.packages import get_package_prefix
+
+    exe = f"{get_package_prefix('bac_ros')}/lib/bac_ros/bac"
+    out = subprocess.run([sys.executable, exe, "--version"], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == f"bac_ros {bac_ros.__version__}"
