@@ -3,6 +3,9 @@
     bac convert SRC DST              Chi et al. .ckpt (or native folder) -> native folder
     bac profile --checkpoint DIR --observations OBS.npz --out SCHEDULE.yaml
     bac inspect SCHEDULE.yaml [--out DIR]
+    bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
+    bac train --variant lowdim --out DIR
+    bac eval --checkpoint DIR --method bac:FILE --mode lockstep --episodes 200 --json OUT
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from bac_ros import __version__
 
@@ -98,6 +103,53 @@ def _inspect(args) -> int:
     return 0
 
 
+def _demos(args) -> int:
+    from bac_ros.sim.dataset import generate_demos, save_npz
+
+    data = generate_demos(args.episodes, seed=args.seed, with_images=not args.no_images)
+    save_npz(args.out, data)
+    sides = data["episode_sides"]
+    print(f"wrote {args.out}: {len(sides)} episodes, {len(data['action'])} steps, "
+          f"left {np.mean(sides > 0):.0%} / right {np.mean(sides < 0):.0%}")
+    return 0
+
+
+def _train(args) -> int:
+    from bac_ros.sim.dataset import generate_demos, load_npz
+    from bac_ros.sim.train import TrainConfig, train
+
+    data = (load_npz(args.demos) if args.demos else
+            generate_demos(args.episodes, seed=0, with_images=args.variant == "image"))
+    cfg = TrainConfig(variant=args.variant, steps=args.steps, batch_size=args.batch_size,
+                      lr=args.lr, seed=args.seed)
+    train(data, args.out, cfg, device=args.device, resume=not args.restart)
+    return 0
+
+
+def _eval(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from bac_ros.policy.policy import Policy
+    from bac_ros.sim.evaluate import evaluate
+
+    policy = Policy.from_pretrained(args.checkpoint, device=args.device)
+    with tqdm(total=args.episodes, desc=f"{args.method} {args.mode}", unit="ep",
+              file=sys.stderr) as bar:
+        report = evaluate(policy, args.method, args.episodes, args.seed, args.mode,
+                          progress=bar.update)
+    lo, hi = report["ci95"]
+    print(f"{args.method} ({args.mode}, {args.episodes} episodes from seed {args.seed}): "
+          f"success {report['success_rate']:.1%} [95% CI {lo:.1%}-{hi:.1%}], "
+          f"collisions {report['collision_rate']:.1%}, latency {report['mean_latency_ms']:.1f} ms,"
+          f" FLOP ratio {report['flop_ratio']:.2f}x")
+    if args.json:
+        report["checkpoint"] = str(args.checkpoint)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bac", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--plots", type=Path, help="also write PNG plots into this folder")
     p.set_defaults(func=_profile)
+
+    p = sub.add_parser("demos", help="record expert demonstrations of the bundled task")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-images", action="store_true", help="skip camera frames (low-dim only)")
+    p.add_argument("--out", type=Path, required=True, help="npz file to write")
+    p.set_defaults(func=_demos)
+
+    p = sub.add_parser("train", help="train DP-T on the bundled task (resumable)")
+    p.add_argument("--variant", choices=("lowdim", "image"), default="lowdim")
+    p.add_argument("--demos", type=Path, help="demonstrations npz (default: record --episodes)")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--restart", action="store_true", help="ignore a saved training state")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="closed-loop success of a sampling method on the task")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--method", default="full", help="full | bac:FILE | uniform:N | ddim:N")
+    p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--seed", type=int, default=100_000, help="first episode seed")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, help="write the full report here")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("inspect", help="summarise a schedule and draw its plots")
     p.add_argument("schedule", type=Path)

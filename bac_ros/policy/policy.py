@@ -120,19 +120,12 @@ class Policy:
             self.obs_encoder.to(self.device, self.dtype).eval()
         self.model.to(self.device, self.dtype)
         self.normalizer.to(self.device)
-        self.scheduler_config = dict(cfg["noise_scheduler"])
-        self.num_inference_steps = int(pol.get("num_inference_steps", 100))
-        self.engine = DenoisingEngine(
-            self.model, build_scheduler(self.scheduler_config), self.num_inference_steps
-        )
+        self.set_sampler(cfg["noise_scheduler"], int(pol.get("num_inference_steps", 100)))
         weights = {k: v for k, v in checkpoint.tensors.items()}
         self.fingerprint = model_fingerprint(
             {k: cfg[k] for k in ("policy", "model", "noise_scheduler", "obs_encoder") if k in cfg},
             weights,
         )
-        self.schedule: Schedule | None = None
-        self.plan: np.ndarray | None = None
-        self.schedule_id = ""
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "float32",
@@ -141,7 +134,22 @@ class Policy:
         policy.set_schedule(schedule)
         return policy
 
-    # -- schedules -------------------------------------------------------------------------
+    # -- sampler and schedules -------------------------------------------------------------
+    def set_sampler(self, scheduler: dict | str, num_inference_steps: int) -> None:
+        """Sample with another diffusers scheduler or step count (e.g. ``"DDIMScheduler"``,
+        10): a type name keeps the training noise schedule. Drops the cache schedule."""
+        if isinstance(scheduler, str):
+            base = {k: v for k, v in self.config["noise_scheduler"].items()
+                    if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                             "clip_sample", "prediction_type")}
+            scheduler = {"type": scheduler, **base}
+        self.scheduler_config = dict(scheduler)
+        self.num_inference_steps = int(num_inference_steps)
+        self.engine = DenoisingEngine(self.model, build_scheduler(self.scheduler_config),
+                                      self.num_inference_steps)
+        self.schedule, self.plan, self.schedule_id = None, None, ""
+        self.__dict__.pop("_flops", None)
+
     @property
     def sampler(self) -> dict:
         return {"type": self.scheduler_config["type"],
@@ -272,12 +280,14 @@ class Policy:
         )
 
     def flop_ratio(self, plan: np.ndarray | None) -> float:
-        """Full-compute FLOPs over the plan's FLOPs (the theoretical speedup)."""
-        if not hasattr(self, "_flops"):
+        """FLOPs of full compute with the checkpoint's own sampler (e.g. DDPM-100) over the
+        FLOPs of the current sampler under ``plan``: the theoretical speedup."""
+        if "_flops" not in self.__dict__:
             cond = torch.zeros(1, self.n_obs_steps, self.model.config["cond_dim"] or 1,
                                device=self.device, dtype=self.dtype)
             cond = cond if self.obs_as_cond else None
             shape = (1, self.horizon, self.model.config["input_dim"])
             self._flops = self.engine.measure_flops(cond, shape)
-        K = self.num_inference_steps
-        return plan_flops(None, *self._flops, K) / plan_flops(plan, *self._flops, K)
+        K_ref = int(self.config["policy"].get("num_inference_steps", 100))
+        full = plan_flops(None, *self._flops, K_ref)
+        return full / plan_flops(plan, *self._flops, self.num_inference_steps)

@@ -25,6 +25,9 @@ An episode ends as
   end of ``success_hold_steps`` consecutive control steps (passing through is not enough: the
   arm must stop there);
 - a failure after ``max_steps`` control steps.
+
+Observations are ``{"joints": float32 (3,), "image": uint8 (S, S, 3)}`` (RGB, top-down);
+:meth:`ArmEnv.state` gives the low-dim variant's features, laid out as :data:`LOWDIM_KEYS`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ LOWDIM_DIMS: tuple[int, ...] = (3, 2, 2)
 STATE_DIM: int = sum(LOWDIM_DIMS)
 JOINT_DIM: int = 3
 
-# RGB colours of the render, chosen to be far apart in every channel combination.
+# RGB colours of the render: distinct hues, so that an image encoder can tell the parts apart.
 BACKGROUND_RGB = (235, 235, 230)
 OBSTACLE_RGB = (210, 40, 40)
 TARGET_RGB = (40, 170, 70)
@@ -143,7 +146,8 @@ def sample_episode(
     The obstacle sits ``obstacle_gap_range`` before the target on the straight line from the
     start effector, shifted sideways by at most ``obstacle_offset_max`` so that neither side is
     clearly shorter, far enough from the base that only links 2 and 3 can reach it, and close
-    to the base-to-target line. Draws that miss a constraint are redrawn.
+    to the base-to-target line, so the arm must reach around it whichever side it takes. Draws
+    that miss a constraint are redrawn.
     """
     base = np.asarray(config.base_xy)
     start = forward_kinematics(config, np.asarray(config.start_joints))[-1]
@@ -228,6 +232,7 @@ class ArmEnv:
         return forward_kinematics(self.config, self.joints)[-1]
 
     def observation(self) -> dict[str, np.ndarray]:
+        """Joint positions, plus the render unless the env was made with ``render_images=False``."""
         obs = {"joints": self.joints.astype(np.float32)}
         if self.render_images:
             obs["image"] = render(self.config, self.joints, self.target, self.obstacle)
