@@ -4,13 +4,19 @@ SHELL := /bin/bash
 IN_ENV := . .venv/bin/activate && . install/setup.sh &&
 PYTEST_ARGS ?= test
 
-.PHONY: env test lint demo clean
+.PHONY: env test lint demo bench-speed clean
 
 env:
 	@tools/bootstrap.sh
 
 test: env
 	@$(IN_ENV) pytest $(PYTEST_ARGS)
+
+demo: env
+	@$(IN_ENV) python -m bac_ros.cli demo
+
+bench-speed: env
+	@$(IN_ENV) python bench/cache_speed.py
 
 lint: env
 	@$(IN_ENV) ruff check bac_ros test bench scripts tools

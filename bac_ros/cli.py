@@ -6,6 +6,7 @@
     bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
     bac train --variant lowdim --out DIR
     bac eval --checkpoint DIR --method bac:FILE --mode lockstep --episodes 200 --json OUT
+    bac demo                         the bundled policy: full compute against BAC
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def _write_plots(sched, result, folder: Path) -> None:
     written = [plots.update_raster(names, plan, folder / "updates.png", title=sched.id)]
     if result is not None:
         metric = sched.method.get("metric", "cosine")
-        written.append(plots.similarity_heatmaps(result, metric, folder / f"similarity_{metric}.png"))
+        heatmap = folder / f"similarity_{metric}.png"
+        written.append(plots.similarity_heatmaps(result, metric, heatmap))
         written.append(plots.block_errors(result, sched.method.get("bua_blocks", []),
                                           folder / "block_errors.png"))
     for p in written:
@@ -121,8 +123,10 @@ def _train(args) -> int:
     data = (load_npz(args.demos) if args.demos else
             generate_demos(args.episodes, seed=0, with_images=args.variant == "image"))
     cfg = TrainConfig(variant=args.variant, steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed)
-    train(data, args.out, cfg, device=args.device, resume=not args.restart)
+                      lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps)
+    budget = args.max_minutes * 60 if args.max_minutes else None
+    train(data, args.out, cfg, device=args.device, resume=not args.restart, time_budget_s=budget,
+          init=args.init)
     return 0
 
 
@@ -148,6 +152,49 @@ def _eval(args) -> int:
         report["checkpoint"] = str(args.checkpoint)
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
+
+
+BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "arm_lowdim"
+
+
+def _demo(args) -> int:
+    """The main job without ROS: the bundled policy, full compute against its BAC schedule."""
+    from bac_ros.policy.policy import Policy
+    from bac_ros.sim.evaluate import evaluate
+
+    ckpt = args.checkpoint or _installed_checkpoint()
+    policy = Policy.from_pretrained(ckpt, device=args.device)
+    schedule = ckpt / "bac_s10_k5.yaml"
+    rows = {}
+    for name, method in (("full", "full"), ("BAC S=10 k=5", f"bac:{schedule}")):
+        rows[name] = {mode: evaluate(policy, method, args.episodes, args.seed, mode)
+                      for mode in ("lockstep", "realtime")}
+        r = rows[name]
+        print(f"{name:<13} latency {r['realtime']['mean_latency_ms']:7.1f} ms | success "
+              f"lockstep {r['lockstep']['success_rate']:6.1%} | realtime "
+              f"{r['realtime']['success_rate']:6.1%} | FLOP ratio "
+              f"{r['lockstep']['flop_ratio']:.2f}x", flush=True)
+    full, bac = rows["full"], rows["BAC S=10 k=5"]
+    speed = full["realtime"]["mean_latency_ms"] / bac["realtime"]["mean_latency_ms"]
+    print(f"({args.episodes} episodes per cell, seeds {args.seed}.., lockstep: the world waits "
+          "for the model; realtime: it moves on at 10 Hz while the model computes)")
+    print(f"demo: BAC {speed:.1f}x faster than full, success full "
+          f"{full['lockstep']['success_rate']:.0%} BAC {bac['lockstep']['success_rate']:.0%}")
+    return 0
+
+
+def _installed_checkpoint() -> Path:
+    """The bundled low-dim checkpoint: source tree first, then the ROS share directory."""
+    if BUNDLED.is_dir():
+        return BUNDLED
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("bac_ros")) / "checkpoints" / "arm_lowdim"
+    except (ImportError, LookupError):
+        raise FileNotFoundError(
+            "the bundled checkpoint checkpoints/arm_lowdim is not installed"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--restart", action="store_true", help="ignore a saved training state")
+    p.add_argument("--max-minutes", type=float, help="stop early after this long")
+    p.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tune)")
+    p.add_argument("--warmup-steps", type=int, default=500)
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.set_defaults(func=_train)
 
@@ -207,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("demo", help="bundled policy: full compute against BAC, in closed loop")
+    p.add_argument("--checkpoint", type=Path, help="default: the bundled low-dim checkpoint")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=100_000)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_demo)
 
     p = sub.add_parser("inspect", help="summarise a schedule and draw its plots")
     p.add_argument("schedule", type=Path)

@@ -124,7 +124,8 @@ def main(argv=None) -> int:
         print(f"{name:<16} {updates:>8.3f} {med * 1e3:>10.1f} {p95 * 1e3:>8.1f} "
               f"{row['speedup']:>7.2f}x {ratio:>9.2f}x {row['achieved_over_theoretical']:>15.0%}")
     if args.json:
-        args.json.write_text(json.dumps({"source": source, "device": device, "rows": rows}, indent=1))
+        report = {"source": source, "device": device, "rows": rows}
+        args.json.write_text(json.dumps(report, indent=1))
     bac = rows[-1]
     print(f"{bac_name}: speedup {bac['speedup']:.2f}x over full, "
           f"{bac['achieved_over_theoretical']:.0%} of FLOP bound")

@@ -50,7 +50,6 @@ def test_segment_costs_are_row_prefix_sums():
 
 def test_acs_prefers_segments_of_similar_steps():
     # Two regimes: steps 0-5 alike, 6-9 alike. Two updates must split exactly at 6.
-    K = 10
     regime = np.array([0] * 6 + [1] * 4)
     sim = np.where(regime[:, None] == regime[None, :], 1.0, 0.0)
     assert optimal_update_steps(sim, 2) == [0, 6]

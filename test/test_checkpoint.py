@@ -82,7 +82,8 @@ def _write_chi_ckpt(path, cfg, policy_weights):
     payload = {
         "cfg": cfg,
         "state_dicts": {"model": model, "ema_model": ema,
-                        "optimizer": torch.optim.AdamW([nn.Parameter(torch.zeros(1))]).state_dict()},
+                        "optimizer": torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
+                        .state_dict()},
         "pickles": {"_output_dir": dill.dumps("/tmp/outputs/2026.11.25")},
     }
     with open(path, "wb") as f:

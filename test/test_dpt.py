@@ -1,4 +1,4 @@
-"""DP-T against a reference built from torch's own nn.Transformer* layers, as Chi et al. build it."""
+"""DP-T against a reference on torch's own nn.Transformer* layers, built as Chi et al. do."""
 
 import math
 

@@ -85,11 +85,13 @@ def _naive_uniform(model, cond, K, every, seed):
             memory = model.encode_condition(time_tok, cond)
             h = model.embed_input(x)
             for l, layer in enumerate(model.decoder.layers):
-                for kind, fn in (("sa", lambda h: layer.sa_branch(h, model.mask)),
-                                 ("ca", lambda h: layer.ca_branch(h, memory, model.memory_mask)),
-                                 ("ffn", layer.ffn_branch)):
+                for kind in ("sa", "ca", "ffn"):
                     if update:
-                        store[(l, kind)] = fn(h)
+                        store[(l, kind)] = (
+                            layer.sa_branch(h, model.mask) if kind == "sa"
+                            else layer.ca_branch(h, memory, model.memory_mask) if kind == "ca"
+                            else layer.ffn_branch(h)
+                        )
                     h = h + store[(l, kind)]
             x = s.step(model.output(h), t, x, generator=g).prev_sample
     return x

@@ -17,7 +17,6 @@ from bac_ros.cache.adapters import BlockAdapter, adapter_for
 from bac_ros.cache.blocks import Block, BlockCache, Recorder
 from bac_ros.cache.schedulers import StepTable
 
-
 _SDPA_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 if _SDPA_CPU.default not in flop_registry and _SDPA_CPU not in flop_registry:
 

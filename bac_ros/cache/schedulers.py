@@ -43,7 +43,7 @@ def build_scheduler(config: dict):
 
 
 def scheduler_config(scheduler) -> dict:
-    """The scheduler's non-default-agnostic config as plain data (for config.yaml / fingerprints)."""
+    """The scheduler's config as plain data (for config.yaml and fingerprints)."""
     cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
     return {"type": type(scheduler).__name__, **cfg}

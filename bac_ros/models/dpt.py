@@ -31,7 +31,7 @@ class SinusoidalPosEmb(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm decoder layer with ``nn.TransformerDecoderLayer``'s parameter names (gelu, 4x FFN)."""
+    """Pre-norm decoder layer, ``nn.TransformerDecoderLayer``'s parameter names (gelu, 4x FFN)."""
 
     def __init__(self, n_emb: int, n_head: int, p_drop: float):
         super().__init__()
@@ -83,7 +83,7 @@ class DecoderLayer(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm encoder layer with ``nn.TransformerEncoderLayer``'s parameter names (gelu, 4x FFN)."""
+    """Pre-norm encoder layer, ``nn.TransformerEncoderLayer``'s parameter names (gelu, 4x FFN)."""
 
     def __init__(self, n_emb: int, n_head: int, p_drop: float):
         super().__init__()
@@ -194,7 +194,7 @@ class TransformerForDiffusion(nn.Module):
             p_drop_emb=p_drop_emb, p_drop_attn=p_drop_attn, causal_attn=causal_attn,
             time_as_cond=time_as_cond, obs_as_cond=obs_as_cond, n_cond_layers=n_cond_layers,
         )
-        # Chi et al.'s ModuleAttrMixin keeps an empty parameter (to find device/dtype); keep the key.
+        # Chi et al.'s ModuleAttrMixin keeps an empty parameter (to find the device): keep the key.
         self._dummy_variable = nn.Parameter()
         self.input_emb = nn.Linear(input_dim, n_emb)
         self.pos_emb = nn.Parameter(torch.zeros(1, T, n_emb))
@@ -258,7 +258,9 @@ class TransformerForDiffusion(nn.Module):
             nn.init.zeros_(module.bias)
 
     # -- the pieces of forward, public so that a sampler can run the always-computed parts ----
-    def timestep_tokens(self, timestep: torch.Tensor | int | float, batch: int, device) -> torch.Tensor:
+    def timestep_tokens(
+        self, timestep: torch.Tensor | int | float, batch: int, device
+    ) -> torch.Tensor:
         """Time embedding as a (B, 1, n_emb) token, in the model's dtype."""
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], dtype=torch.long, device=device)

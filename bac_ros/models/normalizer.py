@@ -68,7 +68,9 @@ class LinearNormalizer(nn.Module):
         for key, value in state_dict.items():
             parts = key.split(".")
             if len(parts) < 3 or parts[0] != "params_dict":
-                raise KeyError(f"unexpected normalizer key {key!r}; expected params_dict.<field>...")
+                raise KeyError(
+                    f"unexpected normalizer key {key!r}; expected params_dict.<field>..."
+                )
             node = fields.setdefault(parts[1], {})
             for p in parts[2:-1]:
                 node = node.setdefault(p, {})

@@ -23,8 +23,9 @@ Layout of the original, per RGB key ``k`` (robomimic ``VisualCore``)::
 ``obs_randomizers.k`` (the crop) and the ReLU applied after each image core hold no tensors;
 low-dim keys have no net and are flattened and concatenated unchanged. Features are concatenated
 in the order of the observation config (Chi et al.: the order of ``shape_meta.obs``); nothing is
-sorted. Images are expected as float (B, C, H, W) in [0, 1] (Chi's image normaliser is the
-identity on that range); no ImageNet normalisation is applied, as in the original.
+sorted. Images arrive as float (B, C, H, W) after the policy's normaliser (Chi et al.'s image
+range normaliser maps [0, 1] to [-1, 1]); no ImageNet normalisation is applied, as in the
+original.
 
 Deviations from the original (documented, deliberate):
 

@@ -46,8 +46,8 @@ def _policy_config(config: dict) -> dict:
     pol = config.get("policy")
     if not isinstance(pol, dict) or pol.get("kind") not in KINDS:
         raise CheckpointError(
-            f"checkpoint config has policy kind {pol.get('kind') if isinstance(pol, dict) else None!r}"
-            f"; expected one of {KINDS}"
+            f"checkpoint config has policy kind "
+            f"{pol.get('kind') if isinstance(pol, dict) else None!r}; expected one of {KINDS}"
         )
     for key in ("horizon", "n_obs_steps", "n_action_steps", "obs", "action_dim"):
         if key not in pol:
@@ -63,7 +63,9 @@ def save_native(ckpt: Checkpoint, path: str | Path, weights_dtype: torch.dtype =
     tensors, seen = {}, {}
     for name, t in ckpt.tensors.items():
         t = t.detach().cpu()
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        key = None
+        if t.numel():
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
         if key is not None and key in seen:  # aliased (e.g. robomimic's nets.0 == backbone)
             continue
         seen[key] = name
@@ -139,7 +141,9 @@ def import_chi_ckpt(path: str | Path) -> Checkpoint:
     try:
         import dill
     except ImportError:
-        raise CheckpointError("importing .ckpt files needs the 'dill' and 'omegaconf' packages") from None
+        raise CheckpointError(
+            "importing .ckpt files needs the 'dill' and 'omegaconf' packages"
+        ) from None
     path = Path(path)
     try:
         with path.open("rb") as f:

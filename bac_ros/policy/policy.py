@@ -165,7 +165,9 @@ class Policy:
             try:
                 every = int(spec.split(":", 1)[1])
             except ValueError:
-                raise ValueError(f"uniform schedule must be 'uniform:N' with an integer N; got {spec!r}") from None
+                raise ValueError(
+                    f"uniform schedule must be 'uniform:N' with an integer N; got {spec!r}"
+                ) from None
             plan = uniform_plan(self.num_inference_steps, len(self.engine.blocks), every)
             self.schedule, self.plan, self.schedule_id = None, plan, spec
             return
@@ -180,7 +182,8 @@ class Policy:
         arr = np.asarray(value)
         if not batched:
             arr = arr[None]
-        if kind == "rgb" and arr.ndim == 5 and arr.shape[-1] == shape[0] and arr.shape[2] != shape[0]:
+        camera_layout = arr.ndim == 5 and arr.shape[-1] == shape[0] != arr.shape[2]
+        if kind == "rgb" and camera_layout:
             arr = np.moveaxis(arr, -1, 2)  # (B, To, H, W, C) camera layout -> (B, To, C, H, W)
         if arr.ndim != 2 + len(shape) or tuple(arr.shape[2:]) != shape:
             raise ObservationError(

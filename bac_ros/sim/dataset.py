@@ -172,3 +172,19 @@ class SequenceSampler:
             "obs": {k: self.data[k][rows[:, : self.n_obs_steps]] for k in self.obs_keys},
             "action": self.data[self.action_key][rows],
         }
+
+
+def observation_windows(
+    data: dict[str, np.ndarray],
+    obs_keys: Sequence[str],
+    n_obs_steps: int,
+    count: int,
+    seed: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """``count`` observation histories drawn from demonstrations (what profiling runs on:
+    recorded observations of the task, never the evaluation episodes)."""
+    sampler = SequenceSampler(data, n_obs_steps, n_obs_steps, 1, obs_keys=obs_keys)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(sampler), size=min(count, len(sampler)), replace=False)
+    obs = sampler.batch(np.sort(picks))["obs"]
+    return [{k: obs[k][i] for k in obs_keys} for i in range(len(picks))]

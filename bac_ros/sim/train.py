@@ -21,7 +21,7 @@ from tqdm import tqdm
 from bac_ros.cache.schedulers import DEFAULT_SCHEDULER, build_scheduler
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import PAPER_MODEL, new_checkpoint
-from bac_ros.policy.checkpoint import Checkpoint, save_native
+from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
 from bac_ros.policy.policy import Policy, resolve_device
 from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.sim.dataset import SequenceSampler
@@ -119,15 +119,29 @@ def train(
     resume: bool = True,
     task: ArmTaskConfig | None = None,
     log=print,
+    time_budget_s: float | None = None,
+    init: str | Path | None = None,
 ) -> Path:
-    """Train and write the native checkpoint folder ``out``; returns its path."""
+    """Train and write the native checkpoint folder ``out``; returns its path.
+
+    ``time_budget_s`` stops early (the checkpoint records the steps actually done); ``init``
+    starts from a trained checkpoint's weights (fine-tuning; the optimiser starts fresh).
+    """
     task = task or ArmTaskConfig()
     dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "train_state.pt"
     torch.manual_seed(cfg.seed)
-    init = build_initial(cfg, data, task)
+    init_ckpt = build_initial(cfg, data, task)
+    if init is not None:
+        start = load_native(init)
+        if start.config["model"] != init_ckpt.config["model"]:
+            raise ValueError(f"{init} has another model config than this training run")
+        init_ckpt.tensors.update({k: v for k, v in start.tensors.items()
+                                  if not k.startswith("normalizer.")})
+        init_ckpt.config["source"] = {"fine_tuned_from": start.config.get("training")}
+    init = init_ckpt
     policy = Policy(init, device="cpu")  # builds modules + normaliser from the config
     nets = Nets(policy.model, policy.obs_encoder).to(dev).train()
     norm = policy.normalizer.to(dev)
@@ -172,7 +186,8 @@ def train(
 
     def save_state() -> None:
         tmp = state_file.with_suffix(".tmp")
-        torch.save({"config": asdict(cfg), "nets": nets.state_dict(), "ema": ema.shadow.state_dict(),
+        torch.save({"config": asdict(cfg), "nets": nets.state_dict(),
+                    "ema": ema.shadow.state_dict(),
                     "ema_step": ema.step, "opt": opt.state_dict(), "lr": sched_lr.state_dict(),
                     "gen": gen.get_state(), "step": step, "elapsed": elapsed}, tmp)
         tmp.replace(state_file)
@@ -184,6 +199,9 @@ def train(
     losses = []
     try:
         while step < cfg.steps:
+            if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
+                log(f"time budget reached at step {step} of {cfg.steps}")
+                break
             rows = index[torch.randint(len(index), (cfg.batch_size,), device=dev, generator=gen)]
             obs_rows = rows[:, : cfg.n_obs_steps]
             nobs = {}
@@ -229,7 +247,7 @@ def train(
         final.tensors.update({f"obs_encoder.{k}": v.cpu()
                               for k, v in ema.shadow.obs_encoder.state_dict().items()})
     final.config["training"] = {
-        **asdict(cfg), "episodes": int(len(data["episode_ends"])),
+        **asdict(cfg), "steps_done": step, "episodes": int(len(data["episode_ends"])),
         "windows": len(sampler), "device": torch.cuda.get_device_name(dev)
         if dev.type == "cuda" else "cpu", "seconds": round(elapsed, 1),
         "final_loss": float(np.mean(losses[-200:])) if losses else None,
