@@ -1,7 +1,8 @@
 """`bac`: the command line of the ROS-free core.
 
     bac convert SRC DST              Chi et al. .ckpt (or native folder) -> native folder
-    bac profile --checkpoint DIR --observations OBS.npz --out SCHEDULE.yaml
+    bac profile --checkpoint DIR --observations OBS.npz|--bag BAG --out SCHEDULE.yaml
+    bac record --out BAG             the expert-driven task as a rosbag2 (sqlite3 or mcap)
     bac inspect SCHEDULE.yaml [--out DIR]
     bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
     bac train --variant lowdim --out DIR
@@ -42,7 +43,13 @@ def _profile(args) -> int:
     from bac_ros.policy.policy import Policy
 
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
-    observations = load_observations(args.observations)
+    if args.bag:
+        from bac_ros.nodes.bag import read_observation_windows
+
+        observations = read_observation_windows(args.bag, policy, args.joint_names)
+        print(f"read {len(observations)} observation histories from {args.bag}")
+    else:
+        observations = load_observations(args.observations)
     if args.max_observations:
         observations = observations[: args.max_observations]
     with tqdm(total=len(observations), desc="profiling", unit="obs", file=sys.stderr) as bar:
@@ -50,7 +57,7 @@ def _profile(args) -> int:
                                 progress=bar.update)
     sched = policy.compile_schedule(result, budget=args.budget, top_k=args.top_k,
                                     metric=args.metric, last_step=not args.no_last_step,
-                                    source=str(args.observations))
+                                    source=str(args.bag or args.observations))
     out = sched.save(args.out)
     result.save(out.with_suffix(".profile.npz"))
     plan = sched.plan(policy.engine.blocks)
@@ -113,6 +120,15 @@ def _demos(args) -> int:
     sides = data["episode_sides"]
     print(f"wrote {args.out}: {len(sides)} episodes, {len(data['action'])} steps, "
           f"left {np.mean(sides > 0):.0%} / right {np.mean(sides < 0):.0%}")
+    return 0
+
+
+def _record(args) -> int:
+    from bac_ros.nodes.record import record_expert_bag
+
+    out = record_expert_bag(args.out, args.episodes, args.seed, args.storage,
+                            images=not args.no_images)
+    print(f"wrote {out} ({args.storage}, {args.episodes} expert episodes)")
     return 0
 
 
@@ -211,8 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="profile recorded observations, compile a BAC schedule")
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--observations", type=Path, required=True,
-                   help="npz with one (N, To, ...) array per observation key")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--observations", type=Path,
+                     help="npz with one (N, To, ...) array per observation key")
+    src.add_argument("--bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
+    p.add_argument("--joint-names", nargs="+", default=["joint1", "joint2", "joint3"],
+                   help="joints read from joint_states (with --bag)")
     p.add_argument("--out", type=Path, required=True, help="schedule YAML to write")
     p.add_argument("--budget", "-S", type=int, default=10, help="ACS updates per block")
     p.add_argument("--top-k", "-k", type=int, default=5, help="BUA blocks (<2 disables BUA)")
@@ -231,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="skip camera frames (low-dim only)")
     p.add_argument("--out", type=Path, required=True, help="npz file to write")
     p.set_defaults(func=_demos)
+
+    p = sub.add_parser("record", help="record the expert-driven task into a rosbag2")
+    p.add_argument("--out", type=Path, required=True, help="bag folder to create")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
+    p.add_argument("--no-images", action="store_true")
+    p.set_defaults(func=_record)
 
     p = sub.add_parser("train", help="train DP-T on the bundled task (resumable)")
     p.add_argument("--variant", choices=("lowdim", "image"), default="lowdim")

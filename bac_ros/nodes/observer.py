@@ -1,0 +1,128 @@
+"""Observation histories from message streams: one implementation for live topics and bags.
+
+Each policy observation key has a source topic (relative, so users remap): camera keys read
+``sensor_msgs/Image`` on the key's name (``image``), ``joints`` reads ``sensor_msgs/JointState``
+on ``joint_states``, any other low-dim key reads ``std_msgs/Float32MultiArray`` on its name.
+The assembler keeps the latest value of each key and, every ``dt`` of message time, appends a
+snapshot to an ``n_obs_steps`` history: the 10 Hz frames the policy was trained on.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bac_ros.nodes.convert import image_to_rgb, joint_positions, vector
+
+IMAGE, JOINT_STATE, VECTOR = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState", \
+    "std_msgs/msg/Float32MultiArray"
+
+
+@dataclass(frozen=True)
+class Source:
+    key: str
+    topic: str
+    msgtype: str
+
+
+def observation_sources(obs_spec: Mapping[str, tuple[tuple[int, ...], str]]) -> list[Source]:
+    out = []
+    for key, (_, kind) in obs_spec.items():
+        if kind == "rgb":
+            out.append(Source(key, key, IMAGE))
+        elif key == "joints":
+            out.append(Source(key, "joint_states", JOINT_STATE))
+        else:
+            out.append(Source(key, key, VECTOR))
+    return out
+
+
+def converter(source: Source, shape: tuple[int, ...], joint_names: Sequence[str]) -> Callable:
+    """message -> numpy observation value for one source (raises MessageError)."""
+    if source.msgtype == IMAGE:
+        hw = (int(shape[1]), int(shape[2]))
+        return lambda msg: image_to_rgb(msg, hw)
+    if source.msgtype == JOINT_STATE:
+        if len(joint_names) != shape[0]:
+            raise ValueError(
+                f"joint_names lists {len(joint_names)} joints but the policy's 'joints' "
+                f"observation has {shape[0]}"
+            )
+        return lambda msg: joint_positions(msg, joint_names)
+    return lambda msg: vector(msg, int(np.prod(shape)))
+
+
+class ObservationAssembler:
+    """Latest value per key; a frame of the primary key (the camera, else the first key)
+    appends a snapshot of all keys to the last-``n_obs_steps`` history, at most once per
+    ``dt`` of its stamps: faster cameras are decimated to the policy's rate."""
+
+    def __init__(self, keys: Sequence[str], n_obs_steps: int, dt: float, max_age: float,
+                 primary: str | None = None):
+        self.keys = list(keys)
+        self.primary = primary or self.keys[0]
+        self.dt, self.max_age = dt, max_age
+        self.latest: dict[str, tuple[np.ndarray, float]] = {}
+        self.history: deque = deque(maxlen=n_obs_steps)
+        self._last_frame = -np.inf
+
+    def add(self, key: str, value: np.ndarray, stamp: float) -> bool:
+        """Store a value; returns True when it completed a new history frame."""
+        prev = self.latest.get(key)
+        if prev is not None and stamp < prev[1]:
+            raise ValueError(
+                f"{key} stamp {stamp:.3f} is older than the last one ({prev[1]:.3f}); "
+                "expected stamps that do not go backwards"
+            )
+        self.latest[key] = (value, stamp)
+        if key != self.primary or stamp < self._last_frame + 0.9 * self.dt:
+            return False
+        if self.stale_keys(stamp):
+            return False
+        self._last_frame = stamp
+        self.history.append(({k: self.latest[k][0] for k in self.keys}, stamp))
+        return True
+
+    def stale_keys(self, now: float) -> list[str]:
+        """Keys with no value yet, or whose newest value is older than ``max_age``."""
+        return [k for k in self.keys
+                if k not in self.latest or now - self.latest[k][1] > self.max_age]
+
+    def reset(self) -> None:
+        self.latest.clear()
+        self.history.clear()
+        self._last_frame = -np.inf
+
+    @property
+    def ready(self) -> bool:
+        return len(self.history) == self.history.maxlen
+
+    def window(self) -> tuple[dict[str, np.ndarray], float]:
+        """The observation history (To, ...) per key and the stamp of its newest frame."""
+        frames = list(self.history)
+        return ({k: np.stack([f[k] for f, _ in frames]) for k in self.keys}, frames[-1][1])
+
+
+def primary_key(obs_spec: Mapping[str, tuple[tuple[int, ...], str]]) -> str:
+    return next((k for k, (_, kind) in obs_spec.items() if kind == "rgb"), next(iter(obs_spec)))
+
+
+def windows_from_messages(
+    messages: Iterable[tuple[str, float, object]],
+    sources: Sequence[Source],
+    converters: Mapping[str, Callable],
+    assembler: ObservationAssembler,
+) -> list[dict[str, np.ndarray]]:
+    """(topic, stamp, message) in time order -> every observation history the policy node
+    would have built from them."""
+    by_topic = {s.topic: s for s in sources}
+    out = []
+    for topic, stamp, msg in messages:
+        src = by_topic.get(topic)
+        if src is not None and assembler.add(src.key, converters[src.key](msg), stamp) \
+                and assembler.ready:
+            out.append(assembler.window()[0])
+    return out

@@ -1,0 +1,337 @@
+"""policy_node: camera + joint states in, BAC-accelerated action chunks out (lifecycle node).
+
+configure loads and validates the checkpoint and schedule (a failure leaves the node
+unconfigured, alive, ready for another try); activate starts inference. Subscriptions only store
+the newest message, and each camera frame (at most one per dt) extends the observation history;
+inference runs off the subscription threads, at ``rate_hz`` or (0) on every new frame.
+Nothing non-finite or outside the action limits is ever published.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from bac_ros.msg import ActionChunk
+from bac_ros.nodes.convert import MessageError, fill_chunk, stamp_seconds
+from bac_ros.nodes.observer import (
+    IMAGE,
+    JOINT_STATE,
+    ObservationAssembler,
+    converter,
+    observation_sources,
+    primary_key,
+)
+
+MSG_CLASSES = {IMAGE: Image, JOINT_STATE: JointState}
+
+PARAMETERS = {
+    "checkpoint": ("", "policy checkpoint folder (config.yaml + model.safetensors) or .ckpt"),
+    "schedule": ("", "BAC schedule YAML; '' = full compute; 'uniform:N' = uniform caching. "
+                     "Changing it at run time swaps the schedule after validation"),
+    "device": ("auto", "auto | cpu | cuda[:N]"),
+    "dtype": ("float32", "float32 | float16 | bfloat16 (half precision on CUDA only)"),
+    "rate_hz": (0.0, "inference rate; 0 = on every new observation frame, as fast as possible"),
+    "joint_names": (["joint1", "joint2", "joint3"],
+                    "joints read from joint_states, in the policy's order; also the action names"),
+    "action_low": ([-math.inf], "lower action limits per dimension (one value: all dimensions)"),
+    "action_high": ([math.inf], "upper action limits per dimension (one value: all dimensions)"),
+    "limit_mode": ("clip", "clip: clamp out-of-limit actions; refuse: drop the whole chunk"),
+    "max_obs_age": (0.5, "seconds: no chunk from an observation older than this"),
+    "publish_trajectory": (True, "also publish trajectory_msgs/JointTrajectory"),
+    "seed": (-1, "sampling seed for reproducible chunks (-1: fresh noise every chunk)"),
+    "autostart": (True, "configure and activate at start"),
+}
+
+
+def _to_time(seconds: float) -> Time:
+    return Time(nanoseconds=int(round(seconds * 1e9)))
+
+
+class PolicyNode(LifecycleNode):
+    def __init__(self, **kwargs):
+        super().__init__("bac_policy", **kwargs)
+        for name, (default, text) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.policy = None
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stats = {"chunks": 0, "stale": 0, "rejected_msgs": 0, "unsafe": 0, "clipped": 0}
+        self.latencies: deque = deque(maxlen=50)
+        self.publish_times: deque = deque(maxlen=50)
+        self.last_problem = ""
+        self._log_times: dict[str, float] = {}
+        self._entities: list = []
+        self._active = False
+        self._new_frame = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from bac_ros.policy.policy import Policy
+
+        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        try:
+            if not p["checkpoint"]:
+                raise ValueError("parameter 'checkpoint' is empty; set it to a checkpoint folder")
+            policy = Policy.from_pretrained(p["checkpoint"], device=p["device"], dtype=p["dtype"],
+                                            schedule=p["schedule"] or None)
+            sources = observation_sources(policy.obs_spec)
+            convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"])
+                     for s in sources}
+            low, high = (self._limits(p[k], policy.action_dim) for k in ("action_low",
+                                                                          "action_high"))
+            if p["limit_mode"] not in ("clip", "refuse"):
+                raise ValueError(f"limit_mode is {p['limit_mode']!r}; expected clip or refuse")
+        except Exception as e:  # configure must fail cleanly, whatever went wrong
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
+        self.policy, self.params, self.low, self.high = policy, p, low, high
+        self.assembler = ObservationAssembler([s.key for s in sources], policy.n_obs_steps,
+                                              policy.dt, p["max_obs_age"],
+                                              primary_key(policy.obs_spec))
+        sensors, infer = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        for s in sources:
+            cls = MSG_CLASSES.get(s.msgtype, Float32MultiArray)
+            qos = qos_profile_sensor_data if cls is Image else 10
+            self._entities.append(self.create_subscription(
+                cls, s.topic, lambda msg, s=s: self._on_message(s, convs[s.key], msg), qos,
+                callback_group=sensors))
+        self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, "action_chunk", 10)
+        self.traj_pub = (self.create_lifecycle_publisher(JointTrajectory, "joint_trajectory", 10)
+                         if p["publish_trajectory"] else None)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._entities.append(self.create_timer(1.0, self._diagnostics, callback_group=sensors))
+        if p["rate_hz"] > 0:
+            self._entities.append(self.create_timer(1.0 / p["rate_hz"], self._infer,
+                                                    callback_group=infer))
+        else:
+            self._stop = threading.Event()
+            self._worker = threading.Thread(target=self._infer_loop, daemon=True)
+            self._worker.start()
+        self.get_logger().info(
+            f"configured {p['checkpoint']} ({policy.config['policy']['kind']}, "
+            f"{policy.sampler['type']} K={policy.num_inference_steps}, schedule "
+            f"{policy.schedule_id or 'full compute'}, device {policy.device})")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active = False
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        self._active = False
+        if getattr(self, "_worker", None) is not None:
+            self._stop.set()
+            self.wake.set()
+            self._worker.join(timeout=5)
+            self._worker = None
+        for e in self._entities:
+            if hasattr(e, "cancel"):
+                e.cancel()
+                self.destroy_timer(e)
+            else:
+                self.destroy_subscription(e)
+        self._entities.clear()
+        self.policy = None
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _warn(self, key: str, text: str) -> None:
+        """Throttled warning (once per 5 s per kind) that also feeds the diagnostics."""
+        self.last_problem = text
+        now = time.monotonic()
+        if now - self._log_times.get(key, -1e9) > 5.0:
+            self._log_times[key] = now
+            self.get_logger().warning(text)
+
+    def _on_message(self, source, convert, msg) -> None:
+        try:
+            value = convert(msg)
+            stamp = (stamp_seconds(msg.header) if hasattr(msg, "header")
+                     else self.get_clock().now().nanoseconds * 1e-9)
+            now = self.get_clock().now().nanoseconds * 1e-9
+            if stamp > now + self.params["max_obs_age"]:
+                raise MessageError(f"stamp {stamp:.3f} lies {stamp - now:.3f} s in the future")
+            with self.lock:
+                new_frame = self.assembler.add(source.key, value, stamp)
+        except (MessageError, ValueError) as e:
+            self.stats["rejected_msgs"] += 1
+            self._warn(source.topic, f"rejected {source.topic} message: {e}")
+            return
+        if new_frame:
+            self._new_frame = True
+            self.wake.set()
+
+    # -- inference ---------------------------------------------------------------------------
+    def _infer_loop(self) -> None:
+        while not self._stop.is_set():
+            self.wake.wait(timeout=0.5)
+            self.wake.clear()
+            if self._new_frame:
+                self._new_frame = False
+                self._infer()
+
+    def _infer(self) -> None:
+        if not self._active or self.policy is None:
+            return
+        now = self.get_clock().now().nanoseconds * 1e-9
+        with self.lock:
+            if not self.assembler.ready:
+                return
+            window, stamp = self.assembler.window()
+            stale = self.assembler.stale_keys(now)
+        if stale or now - stamp > self.params["max_obs_age"]:
+            self.stats["stale"] += 1
+            self._warn("stale", f"no chunk: observation {stale or 'history'} older than "
+                                f"max_obs_age={self.params['max_obs_age']} s")
+            return
+        seed = self.params["seed"]
+        t0 = time.perf_counter()
+        with self.lock:
+            policy = self.policy
+        try:
+            actions = policy.predict(window, seed=None if seed < 0 else seed)
+        except Exception as e:  # a bad observation must cost a chunk, never the node
+            self.stats["unsafe"] += 1
+            self._warn("predict", f"no chunk: inference failed ({e})")
+            return
+        latency = time.perf_counter() - t0
+        actions = self._safe(actions)
+        if actions is None:
+            return
+        self._publish(actions, stamp, latency, policy)
+
+    def _safe(self, actions: np.ndarray) -> np.ndarray | None:
+        if not np.isfinite(actions).all():
+            self.stats["unsafe"] += 1
+            self._warn("nan", "no chunk: the model produced NaN or inf actions")
+            return None
+        outside = (actions < self.low) | (actions > self.high)
+        if outside.any():
+            if self.params["limit_mode"] == "refuse":
+                self.stats["unsafe"] += 1
+                self._warn("limits", "no chunk: actions outside action_low/action_high")
+                return None
+            self.stats["clipped"] += 1
+            actions = np.clip(actions, self.low, self.high)
+        return actions
+
+    def _publish(self, actions: np.ndarray, stamp: float, latency: float, policy) -> None:
+        msg = ActionChunk()
+        msg.header.stamp = _to_time(stamp).to_msg()
+        names = self.params["joint_names"] if len(self.params["joint_names"]) == \
+            actions.shape[1] else policy.action_names
+        fill_chunk(msg, actions, names, policy.dt, latency, policy.schedule_id)
+        self.chunk_pub.publish(msg)
+        if self.traj_pub is not None:
+            traj = JointTrajectory()
+            traj.header.stamp = msg.header.stamp
+            traj.joint_names = list(names)
+            for k, a in enumerate(actions):
+                point = JointTrajectoryPoint()
+                point.positions = [float(v) for v in a]
+                t = k * policy.dt
+                point.time_from_start.sec = int(t)
+                point.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
+                traj.points.append(point)
+            self.traj_pub.publish(traj)
+        self.stats["chunks"] += 1
+        self.latencies.append(latency)
+        self.publish_times.append(time.monotonic())
+
+    def _diagnostics(self) -> None:
+        if self.policy is None:
+            return
+        status = DiagnosticStatus(name="bac_policy", hardware_id=str(self.policy.device))
+        problem = self.last_problem
+        status.level = DiagnosticStatus.WARN if problem else DiagnosticStatus.OK
+        status.message = problem or "publishing chunks"
+        times = list(self.publish_times)
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
+            times[-1] > times[0] else 0.0
+        plan = self.policy.plan
+        values = {
+            "latency_ms_mean": f"{np.mean(self.latencies) * 1e3:.2f}" if self.latencies else "",
+            "achieved_rate_hz": f"{rate:.2f}",
+            "cache_update_ratio": f"{1.0 if plan is None else float(plan.mean()):.4f}",
+            "schedule_id": self.policy.schedule_id,
+            **{k: str(v) for k, v in self.stats.items()},
+        }
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+        self.last_problem = ""
+
+    # -- parameters --------------------------------------------------------------------------
+    @staticmethod
+    def _limits(values, dim: int) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        if values.size == 1:
+            return np.full(dim, values.item())
+        if values.size != dim:
+            raise ValueError(f"action limits list {values.size} values; expected 1 or {dim}")
+        return values
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for param in params:
+            if param.name == "schedule" and self.policy is not None:
+                try:
+                    with self.lock:
+                        self.policy.set_schedule(param.value or None)
+                except Exception as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+                self.get_logger().info(
+                    f"schedule now {self.policy.schedule_id or 'full compute'}")
+        return SetParametersResult(successful=True)
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = PolicyNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    if node.get_parameter("autostart").value:
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._teardown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""sim_node: the bundled arm task as a ROS robot (a Gazebo stand-in for demos and tests).
+
+Publishes ``image`` (sensor_msgs/Image rgb8), ``joint_states``, ``state`` (the low-dim vector)
+and, with ``publish_clock``, ``/clock``; executes ``action_chunk`` messages; publishes one
+``episode_result`` per episode. Actions are read by time: action k of a chunk stamped s is meant
+for time s + k*dt, so actions whose time has passed are skipped.
+
+* ``realtime``: the world steps at the control rate in wall-clock time whether or not a fresh
+  chunk has arrived (a slow policy acts on stale chunks, or holds).
+* ``lockstep``: after each ``n_action_steps`` actions the world waits for the chunk computed
+  from its current observation, so only the policy's decisions matter, not its speed. Time is
+  then simulation time (``/clock``, published just before each observation): run the policy
+  node with ``use_sim_time:=true``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float32MultiArray, String
+
+from bac_ros.msg import ActionChunk
+from bac_ros.nodes.convert import MessageError, chunk_actions, stamp_seconds
+from bac_ros.sim.arm import ArmEnv
+
+PARAMETERS = {
+    "mode": ("realtime", "realtime | lockstep"),
+    "episodes": (10, "episodes to run, then the node exits"),
+    "seed": (100_000, "reset seed of the first episode (the next ones count up)"),
+    "n_action_steps": (8, "lockstep: actions executed per chunk before waiting again"),
+    "images": (True, "render and publish camera images"),
+    "publish_clock": (False, "publish /clock (sim time starts at 1000 s)"),
+    "joint_names": (["joint1", "joint2", "joint3"], "names in joint_states and chunks"),
+    "chunk_timeout": (30.0, "lockstep: seconds to wait for a chunk before the episode fails"),
+}
+
+
+class SimNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("bac_sim", **kwargs)
+        for name, (default, text) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+        self.p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        if self.p["mode"] not in ("realtime", "lockstep"):
+            raise ValueError(f"mode is {self.p['mode']!r}; expected realtime or lockstep")
+        if self.p["mode"] == "lockstep":  # time must stand still while the world waits
+            self.p["publish_clock"] = True
+        self.env = ArmEnv(render_images=self.p["images"])
+        self.dt = self.env.config.dt
+        self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
+        self.state_pub = self.create_publisher(Float32MultiArray, "state", 10)
+        self.result_pub = self.create_publisher(String, "episode_result", 10)
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.p["publish_clock"] \
+            else None
+        self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, 10)
+        self.results: list[dict] = []
+        self.chunk: tuple[float, np.ndarray] | None = None
+        self.sim_time = 1000.0
+        self.episode = -1
+        self.finished = False
+        self._start_episode()
+        self.timer = self.create_timer(self.dt if self.p["mode"] == "realtime" else 0.005,
+                                       self._tick)
+
+    def now(self) -> float:
+        return self.sim_time if self.clock_pub is not None else time.time()
+
+    def _start_episode(self) -> None:
+        self.episode += 1
+        if self.episode >= self.p["episodes"]:
+            self.finished = True
+            return
+        self.seed = self.p["seed"] + self.episode
+        self.obs = self.env.reset(self.seed)
+        self.chunk, self.executed, self.chunks_used = None, 0, 0
+        self.waiting_since = time.monotonic()
+        self.obs_stamp = self._publish_obs()
+
+    def _publish_obs(self) -> float:
+        if self.clock_pub is not None:  # the clock first, so observers stamp with the new time
+            msg = Clock()
+            msg.clock.sec, msg.clock.nanosec = int(self.sim_time), \
+                int(round((self.sim_time % 1) * 1e9))
+            self.clock_pub.publish(msg)
+            time.sleep(0.01)
+        t = self.now()
+        stamp = rclpy.time.Time(nanoseconds=int(round(t * 1e9))).to_msg()
+        js = JointState(name=list(self.p["joint_names"]),
+                        position=[float(v) for v in self.obs["joints"]])
+        js.header.stamp = stamp
+        self.joint_pub.publish(js)
+        self.state_pub.publish(Float32MultiArray(data=self.env.state().tolist()))
+        if self.p["images"]:
+            img = self.obs["image"]
+            msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8",
+                        step=img.shape[1] * 3, data=img.tobytes())
+            msg.header.stamp = stamp
+            self.image_pub.publish(msg)
+        return t
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        try:
+            actions = chunk_actions(msg)
+            if actions.shape[1] != 3 or not np.isfinite(actions).all():
+                raise MessageError(f"chunk of shape {actions.shape} is not (horizon, 3) finite")
+        except MessageError as e:
+            self.get_logger().warning(f"ignored action chunk: {e}")
+            return
+        stamp = stamp_seconds(msg.header)
+        if self.chunk is None or stamp >= self.chunk[0]:
+            self.chunk = (stamp, actions)
+
+    def _action_now(self) -> np.ndarray | None:
+        """The chunk action meant for the current time; None if there is none (hold)."""
+        if self.chunk is None:
+            return None
+        stamp, actions = self.chunk
+        k = int(round((self.obs_stamp - stamp) / self.dt))
+        return actions[k] if 0 <= k < len(actions) else None
+
+    def _tick(self) -> None:
+        if self.finished:
+            return
+        if self.p["mode"] == "lockstep":
+            if self.executed == 0:  # waiting for the chunk of the current observation
+                if self.chunk is None or abs(self.chunk[0] - self.obs_stamp) > 1e-6:
+                    if time.monotonic() - self.waiting_since > self.p["chunk_timeout"]:
+                        self._finish({"success": False, "collision": False,
+                                      "timeout_waiting": True})
+                    return
+                self.chunks_used += 1
+            action = self._action_now()
+            self.executed = (self.executed + 1) % self.p["n_action_steps"]
+        else:
+            action = self._action_now()
+        target = action if action is not None else self.env.joints
+        self.obs, done, info = self.env.step(target)
+        self.sim_time += self.dt
+        self.obs_stamp = self._publish_obs()
+        if self.p["mode"] == "lockstep" and self.executed == 0:
+            self.waiting_since = time.monotonic()
+        if done:
+            self._finish(info)
+
+    def _finish(self, info: dict) -> None:
+        result = {"episode": self.episode, "seed": self.seed, "success": bool(info["success"]),
+                  "collision": bool(info.get("collision", False)), "steps": self.env.steps,
+                  "mode": self.p["mode"]}
+        self.results.append(result)
+        self.result_pub.publish(String(data=json.dumps(result)))
+        self.get_logger().info(f"episode {self.episode} (seed {self.seed}): "
+                               f"{'success' if result['success'] else 'failure'}")
+        self._start_episode()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = SimNode()
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while rclpy.ok() and not node.finished:
+            executor.spin_once(timeout_sec=0.1)
+        time.sleep(0.5)  # let the last result leave
+        n = len(node.results)
+        wins = sum(r["success"] for r in node.results)
+        print(json.dumps({"episodes": n, "successes": wins, "results": node.results}))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The ROS nodes with real rclpy over Fast DDS, bags through rosbags, and the launch files."""
+
+import ast
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from ament_index_python.packages import get_package_prefix, get_package_share_directory
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from bac_ros.cache.schedule import Schedule
+from bac_ros.models.normalizer import LinearNormalizer
+from bac_ros.msg import ActionChunk
+from bac_ros.nodes.bag import BagError, read_observation_windows
+from bac_ros.nodes.policy_node import PolicyNode
+from bac_ros.nodes.record import JOINT_NAMES, record_expert_bag
+from bac_ros.policy.build import new_checkpoint
+from bac_ros.policy.checkpoint import save_native
+from bac_ros.policy.policy import Policy
+
+pytestmark = pytest.mark.ros
+SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
+             time_as_cond=True, n_cond_layers=0)
+IMAGE_OBS = {"image": {"shape": [3, 32, 32], "type": "rgb"},
+             "joints": {"shape": [3], "type": "low_dim"}}
+
+
+@pytest.fixture(scope="module")
+def image_ckpt(tmp_path_factory):
+    norm = LinearNormalizer()
+    norm.fit_image_range("image")
+    norm.fit_limits("joints", torch.rand(64, 3) * 3 - 1)
+    norm.fit_limits("action", torch.rand(64, 3) * 3 - 1)
+    ckpt = new_checkpoint(IMAGE_OBS, 3, norm, horizon=8, n_action_steps=4, model=SMALL,
+                          obs_encoder={"type": "small_cnn"}, num_inference_steps=10)
+    return save_native(ckpt, tmp_path_factory.mktemp("ckpt") / "image")
+
+
+@pytest.fixture
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def _image(stamp, rng, size=48):
+    data = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    msg = Image(height=size, width=size, encoding="rgb8", step=size * 3, data=data.tobytes())
+    msg.header.stamp = stamp
+    return msg
+
+
+def _spin(executor, until, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    return until()
+
+
+def _start(node_overrides):
+    node = PolicyNode(parameter_overrides=[Parameter(k, value=v)
+                                           for k, v in node_overrides.items()])
+    assert node.trigger_configure() is not None and node.policy is not None
+    node.trigger_activate()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    return node, executor, thread
+
+
+def _stop(node, executor, thread):
+    executor.shutdown()
+    thread.join(timeout=5)
+    node._teardown()
+    node.destroy_node()
+
+
+def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, tmp_path):
+    node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu",
+                                     "action_low": [-10.0], "action_high": [10.0]})
+    client = rclpy.create_node("test_client")
+    chunks, trajs = [], []
+    client.create_subscription(ActionChunk, "action_chunk", chunks.append, 10)
+    client.create_subscription(JointTrajectory, "joint_trajectory", trajs.append, 10)
+    img_pub = client.create_publisher(Image, "image", qos_profile_sensor_data)
+    js_pub = client.create_publisher(JointState, "joint_states", 10)
+    local = rclpy.executors.SingleThreadedExecutor()
+    local.add_node(client)
+    rng = np.random.default_rng(0)
+    sent = []
+    try:
+        assert _spin(local, lambda: img_pub.get_subscription_count() > 0, 10)
+        t0 = client.get_clock().now()
+        for i in range(12):
+            stamp = (t0 + rclpy.duration.Duration(seconds=0.1 * i)).to_msg()
+            js = JointState(name=["joint3", "joint1", "joint2", "gripper"],
+                            position=[0.3, 0.1, 0.2, 9.0])
+            js.header.stamp = stamp
+            js_pub.publish(js)
+            img_pub.publish(_image(stamp, rng))
+            sent.append(stamp.sec + stamp.nanosec * 1e-9)
+            _spin(local, lambda: False, timeout=0.1)
+        assert _spin(local, lambda: len(chunks) >= 3 and len(trajs) >= 3, 30)
+    finally:
+        _stop(node, executor, thread)
+    for c in chunks:
+        assert (c.horizon, c.action_dim) == (4, 3) and len(c.actions) == 12
+        assert list(c.action_names) == ["joint1", "joint2", "joint3"]
+        assert c.dt == pytest.approx(0.1) and c.inference_time > 0
+        stamp = c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
+        assert min(abs(stamp - s) for s in sent) < 1e-6  # the stamp of an observation we sent
+        assert np.isfinite(c.actions).all()
+    t = trajs[0]
+    assert list(t.joint_names) == ["joint1", "joint2", "joint3"] and len(t.points) == 4
+    assert [p.time_from_start.nanosec for p in t.points] == [0, 100_000_000, 200_000_000,
+                                                             300_000_000]
+    match = [c for c in chunks if c.header.stamp == t.header.stamp][0]
+    np.testing.assert_allclose(np.asarray(t.points[1].positions),
+                               np.asarray(match.actions[3:6]), atol=1e-6)
+
+
+def test_schedule_swap_by_parameter(ros, image_ckpt, tmp_path):
+    policy = Policy.from_pretrained(image_ckpt, device="cpu")
+    rng = np.random.default_rng(1)
+    obs = [{"image": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8),
+            "joints": rng.random((2, 3)).astype(np.float32)} for _ in range(4)]
+    sched = policy.compile_schedule(policy.profile(obs), budget=3, top_k=2)
+    path = sched.save(tmp_path / "s.yaml")
+    node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu"})
+    try:
+        assert node.policy.schedule_id == ""
+        ok = node.set_parameters([Parameter("schedule", value=str(path))])[0]
+        assert ok.successful and node.policy.schedule_id == sched.id
+        assert node.policy.plan is not None and node.policy.plan.mean() < 1
+        other = Schedule.load(path)
+        other.fingerprint = "0" * 16
+        bad = other.save(tmp_path / "bad.yaml")
+        res = node.set_parameters([Parameter("schedule", value=str(bad))])[0]
+        assert not res.successful and "compiled for model" in res.reason
+        assert node.policy.schedule_id == sched.id  # the good schedule stays
+        assert node.set_parameters([Parameter("schedule", value="")])[0].successful
+        assert node.policy.plan is None
+    finally:
+        _stop(node, executor, thread)
+
+
+def test_configure_fails_cleanly_and_can_retry(ros, image_ckpt, tmp_path):
+    node = PolicyNode(parameter_overrides=[Parameter("checkpoint", value=str(tmp_path)),
+                                           Parameter("device", value="cpu")])
+    node.trigger_configure()
+    assert node.policy is None  # still unconfigured, still alive
+    node.set_parameters([Parameter("checkpoint", value=str(image_ckpt))])
+    node.trigger_configure()
+    assert node.policy is not None
+    node._teardown()
+    node.destroy_node()
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_bag_profile_equals_in_process_profile(tmp_path, storage):
+    """A bag written in either storage yields the schedule of the same observations profiled
+    in-process (windows built from the task directly, as the policy node would see them)."""
+    norm = LinearNormalizer()
+    norm.fit_limits("state", torch.rand(64, 7) * 2 - 0.5)
+    norm.fit_limits("action", torch.rand(64, 3))
+    ckpt = save_native(new_checkpoint({"state": {"shape": [7], "type": "low_dim"}}, 3, norm,
+                                      horizon=8, n_action_steps=4, model=SMALL,
+                                      num_inference_steps=10), tmp_path / "lowdim")
+    policy = Policy.from_pretrained(ckpt, device="cpu")
+    bag = record_expert_bag(tmp_path / f"bag_{storage}", episodes=2, storage=storage,
+                            images=False)
+    windows = read_observation_windows(bag, policy, JOINT_NAMES)
+    from bac_ros.sim.arm import ArmEnv
+    from bac_ros.sim.expert import Expert
+
+    env, direct = ArmEnv(render_images=False), []
+    expert = Expert(env)
+    history = []
+    for seed in (0, 1):
+        obs = env.reset(seed)
+        expert.reset(seed)
+        done = False
+        while True:
+            history.append(env.state())
+            if len(history) >= 2:
+                direct.append({"state": np.stack(history[-2:])})
+            if done:
+                break
+            obs, done, _ = env.step(expert.act(obs))
+    assert len(windows) == len(direct)
+    for w, d in zip(windows, direct):
+        np.testing.assert_array_equal(w["state"], d["state"])
+    a = policy.compile_schedule(policy.profile(windows), budget=4, top_k=2)
+    b = policy.compile_schedule(policy.profile(direct), budget=4, top_k=2)
+    assert a.steps == b.steps
+
+
+def test_bad_bags_are_refused(tmp_path, image_ckpt):
+    policy = Policy.from_pretrained(image_ckpt, device="cpu")
+    bag = record_expert_bag(tmp_path / "noimg", episodes=1, images=False)
+    with pytest.raises(BagError, match="has no sensor_msgs/msg/Image topic 'image'"):
+        read_observation_windows(bag, policy, JOINT_NAMES)
+    with pytest.raises(BagError, match="cannot be opened"):
+        read_observation_windows(tmp_path / "missing", policy, JOINT_NAMES)
+
+
+def _launch_files():
+    return sorted((Path(get_package_share_directory("bac_ros")) / "launch").glob("*.launch.py"))
+
+
+def test_launch_files_name_only_installed_things():
+    share = Path(get_package_share_directory("bac_ros"))
+    lib = Path(get_package_prefix("bac_ros")) / "lib" / "bac_ros"
+    files = _launch_files()
+    assert {f.name for f in files} >= {"policy.launch.py", "profile_bag.launch.py",
+                                       "sim_demo.launch.py"}
+    for f in files:
+        tree = ast.parse(f.read_text())
+        consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                  for t in n.targets if isinstance(n.value, ast.Constant)}
+        assert consts["PACKAGE"] == "bac_ros"
+        names = [v for k, v in consts.items() if "EXECUTABLE" in k]
+        paths = [v for k, v in consts.items() if k.endswith("_FILE") or k.startswith("DEFAULT_")]
+        assert names, f"{f.name} names no executable"
+        for exe in names:
+            assert (lib / exe).is_file(), f"{f.name}: executable {exe} is not installed"
+        for rel in paths:
+            assert (share / rel).exists(), f"{f.name}: {rel} is not in share/bac_ros"
+        declared = [c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
+                    and getattr(c.func, "id", "") == "DeclareLaunchArgument"]
+        used = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
+                and getattr(c.func, "id", "") == "arg"}
+        assert used <= set(declared), f"{f.name} uses undeclared arguments {used - set(declared)}"
