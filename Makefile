@@ -13,7 +13,7 @@ test: env
 	@$(IN_ENV) pytest $(PYTEST_ARGS)
 
 demo: env
-	@$(IN_ENV) python -m bac_ros.cli demo
+	@$(IN_ENV) python -m bac_ros.nodes.demo
 
 bench-speed: env
 	@$(IN_ENV) python bench/cache_speed.py

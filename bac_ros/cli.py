@@ -7,7 +7,6 @@
     bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
     bac train --variant lowdim --out DIR
     bac eval --checkpoint DIR --method bac:FILE --mode lockstep --episodes 200 --json OUT
-    bac demo                         the bundled policy: full compute against BAC
 """
 
 from __future__ import annotations
@@ -170,49 +169,6 @@ def _eval(args) -> int:
     return 0
 
 
-BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "arm_lowdim"
-
-
-def _demo(args) -> int:
-    """The main job without ROS: the bundled policy, full compute against its BAC schedule."""
-    from bac_ros.policy.policy import Policy
-    from bac_ros.sim.evaluate import evaluate
-
-    ckpt = args.checkpoint or _installed_checkpoint()
-    policy = Policy.from_pretrained(ckpt, device=args.device)
-    schedule = ckpt / "bac_s10_k5.yaml"
-    rows = {}
-    for name, method in (("full", "full"), ("BAC S=10 k=5", f"bac:{schedule}")):
-        rows[name] = {mode: evaluate(policy, method, args.episodes, args.seed, mode)
-                      for mode in ("lockstep", "realtime")}
-        r = rows[name]
-        print(f"{name:<13} latency {r['realtime']['mean_latency_ms']:7.1f} ms | success "
-              f"lockstep {r['lockstep']['success_rate']:6.1%} | realtime "
-              f"{r['realtime']['success_rate']:6.1%} | FLOP ratio "
-              f"{r['lockstep']['flop_ratio']:.2f}x", flush=True)
-    full, bac = rows["full"], rows["BAC S=10 k=5"]
-    speed = full["realtime"]["mean_latency_ms"] / bac["realtime"]["mean_latency_ms"]
-    print(f"({args.episodes} episodes per cell, seeds {args.seed}.., lockstep: the world waits "
-          "for the model; realtime: it moves on at 10 Hz while the model computes)")
-    print(f"demo: BAC {speed:.1f}x faster than full, success full "
-          f"{full['lockstep']['success_rate']:.0%} BAC {bac['lockstep']['success_rate']:.0%}")
-    return 0
-
-
-def _installed_checkpoint() -> Path:
-    """The bundled low-dim checkpoint: source tree first, then the ROS share directory."""
-    if BUNDLED.is_dir():
-        return BUNDLED
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return Path(get_package_share_directory("bac_ros")) / "checkpoints" / "arm_lowdim"
-    except (ImportError, LookupError):
-        raise FileNotFoundError(
-            "the bundled checkpoint checkpoints/arm_lowdim is not installed"
-        ) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bac", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -285,13 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.set_defaults(func=_eval)
-
-    p = sub.add_parser("demo", help="bundled policy: full compute against BAC, in closed loop")
-    p.add_argument("--checkpoint", type=Path, help="default: the bundled low-dim checkpoint")
-    p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--seed", type=int, default=100_000)
-    p.add_argument("--device", default="auto")
-    p.set_defaults(func=_demo)
 
     p = sub.add_parser("inspect", help="summarise a schedule and draw its plots")
     p.add_argument("schedule", type=Path)

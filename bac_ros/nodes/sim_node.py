@@ -65,6 +65,8 @@ class SimNode(Node):
             else None
         self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, 10)
         self.results: list[dict] = []
+        self.inference_times: list[float] = []
+        self.chunk_arrivals: list[float] = []
         self.chunk: tuple[float, np.ndarray] | None = None
         self.sim_time = 1000.0
         self.episode = -1
@@ -118,6 +120,8 @@ class SimNode(Node):
             self.get_logger().warning(f"ignored action chunk: {e}")
             return
         stamp = stamp_seconds(msg.header)
+        self.inference_times.append(float(msg.inference_time))
+        self.chunk_arrivals.append(time.monotonic())
         if self.chunk is None or stamp >= self.chunk[0]:
             self.chunk = (stamp, actions)
 
@@ -173,9 +177,18 @@ def main(args=None) -> int:
         while rclpy.ok() and not node.finished:
             executor.spin_once(timeout_sec=0.1)
         time.sleep(0.5)  # let the last result leave
-        n = len(node.results)
-        wins = sum(r["success"] for r in node.results)
-        print(json.dumps({"episodes": n, "successes": wins, "results": node.results}))
+        arrivals = node.chunk_arrivals
+        summary = {
+            "episodes": len(node.results),
+            "successes": sum(r["success"] for r in node.results),
+            "chunks": len(arrivals),
+            "mean_inference_ms": 1e3 * float(np.mean(node.inference_times))
+            if node.inference_times else None,
+            "chunk_rate_hz": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+            if len(arrivals) > 1 else 0.0,
+            "results": node.results,
+        }
+        print(json.dumps(summary), flush=True)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
