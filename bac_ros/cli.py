@@ -122,6 +122,19 @@ def _demos(args) -> int:
     return 0
 
 
+def _windows(args) -> int:
+    from bac_ros.policy.observations import save_observations
+    from bac_ros.policy.policy import load_checkpoint
+    from bac_ros.sim.dataset import load_npz, observation_windows
+
+    pol = load_checkpoint(args.checkpoint).config["policy"]
+    windows = observation_windows(load_npz(args.demos), list(pol["obs"]),
+                                  int(pol["n_obs_steps"]), args.count, args.seed)
+    save_observations(args.out, windows)
+    print(f"wrote {args.out}: {len(windows)} observation histories of {list(pol['obs'])}")
+    return 0
+
+
 def _record(args) -> int:
     from bac_ros.nodes.record import record_expert_bag
 
@@ -207,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="skip camera frames (low-dim only)")
     p.add_argument("--out", type=Path, required=True, help="npz file to write")
     p.set_defaults(func=_demos)
+
+    p = sub.add_parser("windows", help="observation histories from demonstrations (to profile)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="whose observation keys")
+    p.add_argument("--demos", type=Path, required=True)
+    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="observations npz to write")
+    p.set_defaults(func=_windows)
 
     p = sub.add_parser("record", help="record the expert-driven task into a rosbag2")
     p.add_argument("--out", type=Path, required=True, help="bag folder to create")

@@ -35,8 +35,8 @@ class ProfileResult:
 
     def save(self, path: str | Path) -> Path:
         """npz beside the schedule, so plots can be redrawn without profiling again."""
-        arrays = {f"mean_{m}": v for m, v in self.mean.items()}
-        arrays.update({f"std_{m}": v for m, v in self.std.items()})
+        arrays = {f"mean_{m}": v.astype(np.float32) for m, v in self.mean.items()}
+        arrays.update({f"std_{m}": v.astype(np.float32) for m, v in self.std.items()})
         np.savez_compressed(
             path, names=np.array([b.name for b in self.blocks]),
             layers=np.array([b.layer for b in self.blocks]),

@@ -22,24 +22,18 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bac_ros.msg import ActionChunk
 from bac_ros.nodes.convert import MessageError, fill_chunk, stamp_seconds
 from bac_ros.nodes.observer import (
-    IMAGE,
-    JOINT_STATE,
     ObservationAssembler,
     converter,
     observation_sources,
     primary_key,
 )
-
-MSG_CLASSES = {IMAGE: Image, JOINT_STATE: JointState}
+from bac_ros.nodes.topics import subscribe_observations
 
 PARAMETERS = {
     "checkpoint": ("", "policy checkpoint folder (config.yaml + model.safetensors) or .ckpt"),
@@ -107,12 +101,8 @@ class PolicyNode(LifecycleNode):
                                               policy.dt, p["max_obs_age"],
                                               primary_key(policy.obs_spec))
         sensors, infer = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        for s in sources:
-            cls = MSG_CLASSES.get(s.msgtype, Float32MultiArray)
-            qos = qos_profile_sensor_data if cls is Image else 10
-            self._entities.append(self.create_subscription(
-                cls, s.topic, lambda msg, s=s: self._on_message(s, convs[s.key], msg), qos,
-                callback_group=sensors))
+        self._entities += subscribe_observations(
+            self, sources, lambda s, msg: self._on_message(s, convs[s.key], msg), sensors)
         self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, "action_chunk", 10)
         self.traj_pub = (self.create_lifecycle_publisher(JointTrajectory, "joint_trajectory", 10)
                          if p["publish_trajectory"] else None)
@@ -161,6 +151,13 @@ class PolicyNode(LifecycleNode):
             else:
                 self.destroy_subscription(e)
         self._entities.clear()
+        for name in ("chunk_pub", "traj_pub"):
+            pub = self.__dict__.pop(name, None)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        diag = self.__dict__.pop("diag_pub", None)
+        if diag is not None:
+            self.destroy_publisher(diag)
         self.policy = None
 
     # -- inputs ------------------------------------------------------------------------------
@@ -245,13 +242,16 @@ class PolicyNode(LifecycleNode):
         return actions
 
     def _publish(self, actions: np.ndarray, stamp: float, latency: float, policy) -> None:
+        chunk_pub, traj_pub = self.__dict__.get("chunk_pub"), self.__dict__.get("traj_pub")
+        if chunk_pub is None:  # torn down while this chunk was computed
+            return
         msg = ActionChunk()
         msg.header.stamp = _to_time(stamp).to_msg()
         names = self.params["joint_names"] if len(self.params["joint_names"]) == \
             actions.shape[1] else policy.action_names
         fill_chunk(msg, actions, names, policy.dt, latency, policy.schedule_id)
-        self.chunk_pub.publish(msg)
-        if self.traj_pub is not None:
+        chunk_pub.publish(msg)
+        if traj_pub is not None:
             traj = JointTrajectory()
             traj.header.stamp = msg.header.stamp
             traj.joint_names = list(names)
@@ -262,7 +262,7 @@ class PolicyNode(LifecycleNode):
                 point.time_from_start.sec = int(t)
                 point.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
                 traj.points.append(point)
-            self.traj_pub.publish(traj)
+            traj_pub.publish(traj)
         self.stats["chunks"] += 1
         self.latencies.append(latency)
         self.publish_times.append(time.monotonic())

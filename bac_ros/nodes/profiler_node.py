@@ -16,19 +16,15 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float32MultiArray
 
 from bac_ros.nodes.convert import MessageError, stamp_seconds
 from bac_ros.nodes.observer import (
-    IMAGE,
-    JOINT_STATE,
     ObservationAssembler,
     converter,
     observation_sources,
     primary_key,
 )
+from bac_ros.nodes.topics import subscribe_observations
 
 PARAMETERS = {
     "checkpoint": ("", "policy checkpoint folder or .ckpt"),
@@ -41,7 +37,6 @@ PARAMETERS = {
     "max_obs_age": (0.5, "seconds; staler observation keys do not make a frame"),
     "device": ("auto", "auto | cpu | cuda[:N]"),
 }
-MSG_CLASSES = {IMAGE: Image, JOINT_STATE: JointState}
 
 
 class ProfilerNode(Node):
@@ -61,11 +56,7 @@ class ProfilerNode(Node):
                                               primary_key(self.policy.obs_spec))
         self.windows: list[dict] = []
         self.done = threading.Event()
-        for s in sources:
-            cls = MSG_CLASSES.get(s.msgtype, Float32MultiArray)
-            self.create_subscription(cls, s.topic,
-                                     lambda m, s=s: self._on_message(s, convs[s.key], m),
-                                     qos_profile_sensor_data if cls is Image else 10)
+        subscribe_observations(self, sources, lambda s, m: self._on_message(s, convs[s.key], m))
         self.get_logger().info(f"collecting {self.p['observations']} observations from "
                                f"{[s.topic for s in sources]}")
 
