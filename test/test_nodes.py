@@ -191,8 +191,7 @@ def test_bag_profile_equals_in_process_profile(tmp_path, storage):
         done = False
         while True:
             history.append(env.state())
-            if len(history) >= 2:
-                direct.append({"state": np.stack(history[-2:])})
+            direct.append({"state": np.stack(([history[0]] + history)[-2:])})
             if done:
                 break
             obs, done, _ = env.step(expert.act(obs))
@@ -240,3 +239,73 @@ def test_launch_files_name_only_installed_things():
         used = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
                 and getattr(c.func, "id", "") == "arg"}
         assert used <= set(declared), f"{f.name} uses undeclared arguments {used - set(declared)}"
+
+
+@pytest.fixture(scope="module")
+def lowdim_ckpt(tmp_path_factory):
+    norm = LinearNormalizer()
+    norm.fit_limits("state", torch.rand(64, 7) * 2 - 0.5)
+    norm.fit_limits("action", torch.rand(64, 3) * 2)
+    return save_native(new_checkpoint({"state": {"shape": [7], "type": "low_dim"}}, 3, norm,
+                                      horizon=8, n_action_steps=4, model=SMALL,
+                                      num_inference_steps=10),
+                       tmp_path_factory.mktemp("ckpt") / "lowdim")
+
+
+def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
+    """sim_node waits for the chunk of each observation on /clock time; the policy node, on
+    sim time, answers every one of them: the episode runs to its end."""
+    from bac_ros.nodes.sim_node import SimNode
+
+    sim = SimNode(parameter_overrides=[Parameter("mode", value="lockstep"),
+                                       Parameter("episodes", value=1),
+                                       Parameter("images", value=False),
+                                       Parameter("n_action_steps", value=4)])
+    node, executor, thread = _start({"checkpoint": str(lowdim_ckpt), "device": "cpu",
+                                     "use_sim_time": True})
+    local = rclpy.executors.SingleThreadedExecutor()
+    local.add_node(sim)
+    try:
+        assert _spin(local, lambda: sim.finished, timeout=120)
+    finally:
+        _stop(node, executor, thread)
+        sim.destroy_node()
+    result = sim.results[0]
+    assert result["steps"] > 4 and result["seed"] == 100_000
+    assert "timeout_waiting" not in result
+    # every chunk answered an observation: 4 actions per chunk
+    assert len(sim.chunk_arrivals) >= result["steps"] // 4
+
+
+def test_profiler_node_compiles_a_schedule_from_live_topics(ros, lowdim_ckpt, tmp_path):
+    from std_msgs.msg import Float32MultiArray
+
+    from bac_ros.nodes.profiler_node import ProfilerNode
+
+    out = tmp_path / "live.yaml"
+    prof = ProfilerNode(parameter_overrides=[Parameter("checkpoint", value=str(lowdim_ckpt)),
+                                             Parameter("observations", value=4),
+                                             Parameter("budget", value=3),
+                                             Parameter("top_k", value=2),
+                                             Parameter("device", value="cpu"),
+                                             Parameter("output", value=str(out))])
+    pub_node = rclpy.create_node("state_source")
+    pub = pub_node.create_publisher(Float32MultiArray, "state", 10)
+    local = rclpy.executors.SingleThreadedExecutor()
+    local.add_node(prof)
+    local.add_node(pub_node)
+    rng = np.random.default_rng(0)
+    try:
+        assert _spin(local, lambda: pub.get_subscription_count() > 0, 10)
+        deadline = time.monotonic() + 30
+        while not prof.done.is_set() and time.monotonic() < deadline:
+            pub.publish(Float32MultiArray(data=rng.random(7).astype(np.float32).tolist()))
+            _spin(local, lambda: False, timeout=0.11)
+        assert prof.done.is_set()
+        prof.compile()
+    finally:
+        prof.destroy_node()
+        pub_node.destroy_node()
+    sched = Schedule.load(out)
+    assert sched.provenance["observations"] == 4 and sched.method["budget"] == 3
+    assert (tmp_path / "live.profile.npz").is_file()

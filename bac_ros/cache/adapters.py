@@ -105,8 +105,10 @@ class GenericAdapter(BlockAdapter):
 
     ``module_path`` is the dotted name from ``model.named_modules()``; ``method`` returns the
     residual branch (``x + method(...)`` in the model's forward) — ``"forward"`` when the branch
-    is a submodule of its own. The block is named ``<module_path>.<method>`` unless a fifth
-    element gives a name. The model's ``forward(sample, timestep, cond)`` is the step.
+    is a submodule of its own. Each declared method must run exactly once per denoising step
+    (one method per layer, not one shared by all layers). The block is named
+    ``<module_path>.<method>`` unless a fifth element gives a name. The model's
+    ``forward(sample, timestep, cond)`` is the step.
     """
 
     def __init__(self, declarations: Sequence[tuple]):

@@ -98,11 +98,13 @@ class ObservationAssembler:
 
     @property
     def ready(self) -> bool:
-        return len(self.history) == self.history.maxlen
+        return len(self.history) > 0
 
     def window(self) -> tuple[dict[str, np.ndarray], float]:
-        """The observation history (To, ...) per key and the stamp of its newest frame."""
+        """The observation history (To, ...) per key and the stamp of its newest frame; until
+        ``n_obs_steps`` frames exist the first one is repeated, as in training."""
         frames = list(self.history)
+        frames = [frames[0]] * (self.history.maxlen - len(frames)) + frames
         return ({k: np.stack([f[k] for f, _ in frames]) for k in self.keys}, frames[-1][1])
 
 

@@ -86,7 +86,7 @@ class SimNode(Node):
         self.seed = self.p["seed"] + self.episode
         self.obs = self.env.reset(self.seed)
         self.chunk, self.executed, self.chunks_used = None, 0, 0
-        self.waiting_since = time.monotonic()
+        self.waiting_since, self.republished = time.monotonic(), 0.0
         self.obs_stamp = self._publish_obs()
 
     def _publish_obs(self) -> float:
@@ -139,9 +139,13 @@ class SimNode(Node):
         if self.p["mode"] == "lockstep":
             if self.executed == 0:  # waiting for the chunk of the current observation
                 if self.chunk is None or abs(self.chunk[0] - self.obs_stamp) > 1e-6:
-                    if time.monotonic() - self.waiting_since > self.p["chunk_timeout"]:
+                    waited = time.monotonic() - self.waiting_since
+                    if waited > self.p["chunk_timeout"]:
                         self._finish({"success": False, "collision": False,
                                       "timeout_waiting": True})
+                    elif waited > self.republished + 1.0:  # a late subscriber missed it
+                        self.republished = waited
+                        self._publish_obs()
                     return
                 self.chunks_used += 1
             action = self._action_now()
@@ -153,7 +157,7 @@ class SimNode(Node):
         self.sim_time += self.dt
         self.obs_stamp = self._publish_obs()
         if self.p["mode"] == "lockstep" and self.executed == 0:
-            self.waiting_since = time.monotonic()
+            self.waiting_since, self.republished = time.monotonic(), 0.0
         if done:
             self._finish(info)
 
