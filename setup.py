@@ -10,7 +10,9 @@ setup(
     name="bac_ros",
     version="0.1.0",
     description="Block-wise Adaptive Caching for transformer Diffusion Policy (ROS-free core)",
-    packages=find_packages(include=["bac_ros", "bac_ros.*"], exclude=["bac_ros.nodes*"]),
+    # bac_ros.nodes is included: its bag reader, converters and recorder need no ROS (the
+    # rclpy node modules import only where ROS 2 is installed).
+    packages=find_packages(include=["bac_ros", "bac_ros.*"]),
     python_requires=">=3.10",
     install_requires=[
         "numpy",

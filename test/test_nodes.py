@@ -10,6 +10,7 @@ import pytest
 import rclpy
 import torch
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
@@ -88,7 +89,8 @@ def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, 
     node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu",
                                      "action_low": [-10.0], "action_high": [10.0]})
     client = rclpy.create_node("test_client")
-    chunks, trajs = [], []
+    chunks, trajs, diags = [], [], []
+    client.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
     client.create_subscription(ActionChunk, "action_chunk", chunks.append, 10)
     client.create_subscription(JointTrajectory, "joint_trajectory", trajs.append, 10)
     img_pub = client.create_publisher(Image, "image", qos_profile_sensor_data)
@@ -110,6 +112,9 @@ def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, 
             sent.append(stamp.sec + stamp.nanosec * 1e-9)
             _spin(local, lambda: False, timeout=0.1)
         assert _spin(local, lambda: len(chunks) >= 3 and len(trajs) >= 3, 30)
+        assert _spin(local, lambda: any(
+            dict((kv.key, kv.value) for kv in d.status[0].values).get("chunks", "0") != "0"
+            for d in diags), 10)
     finally:
         _stop(node, executor, thread)
     for c in chunks:
@@ -119,6 +124,10 @@ def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, 
         stamp = c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
         assert min(abs(stamp - s) for s in sent) < 1e-6  # the stamp of an observation we sent
         assert np.isfinite(c.actions).all()
+    values = [dict((kv.key, kv.value) for kv in d.status[0].values) for d in diags]
+    last = [v for v in values if v["chunks"] != "0"][-1]
+    assert float(last["latency_ms_mean"]) > 0 and last["cache_update_ratio"] == "1.0000"
+    assert last["rejected_msgs"] == "0" and last["schedule_id"] == ""
     t = trajs[0]
     assert list(t.joint_names) == ["joint1", "joint2", "joint3"] and len(t.points) == 4
     assert [p.time_from_start.nanosec for p in t.points] == [0, 100_000_000, 200_000_000,
