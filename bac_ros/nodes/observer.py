@@ -91,11 +91,6 @@ class ObservationAssembler:
         return [k for k in self.keys
                 if k not in self.latest or now - self.latest[k][1] > self.max_age]
 
-    def reset(self) -> None:
-        self.latest.clear()
-        self.history.clear()
-        self._last_frame = -np.inf
-
     @property
     def ready(self) -> bool:
         return len(self.history) > 0
