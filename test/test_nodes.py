@@ -318,3 +318,47 @@ def test_profiler_node_compiles_a_schedule_from_live_topics(ros, lowdim_ckpt, tm
     sched = Schedule.load(out)
     assert sched.provenance["observations"] == 4 and sched.method["budget"] == 3
     assert (tmp_path / "live.profile.npz").is_file()
+
+
+def test_compressed_camera_input(ros, image_ckpt):
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from bac_ros.nodes.convert import MessageError, compressed_to_rgb
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    png = CompressedImage(format="rgb8; png compressed bgr8",
+                          data=cv2.imencode(".png", rgb[..., ::-1])[1].tobytes())
+    np.testing.assert_array_equal(compressed_to_rgb(png), rgb)  # lossless round trip
+    with pytest.raises(MessageError, match="could not be decoded"):
+        compressed_to_rgb(CompressedImage(format="jpeg", data=b"\x00" * 10))
+
+    node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu",
+                                     "compressed_image": True})
+    client = rclpy.create_node("compressed_client")
+    chunks = []
+    client.create_subscription(ActionChunk, "action_chunk", chunks.append, 10)
+    img_pub = client.create_publisher(CompressedImage, "image/compressed",
+                                      qos_profile_sensor_data)
+    js_pub = client.create_publisher(JointState, "joint_states", 10)
+    local = rclpy.executors.SingleThreadedExecutor()
+    local.add_node(client)
+    try:
+        assert _spin(local, lambda: img_pub.get_subscription_count() > 0, 10)
+        t0 = client.get_clock().now()
+        for i in range(6):
+            stamp = (t0 + rclpy.duration.Duration(seconds=0.1 * i)).to_msg()
+            js = JointState(name=["joint1", "joint2", "joint3"], position=[0.1, 0.2, 0.3])
+            js.header.stamp = stamp
+            js_pub.publish(js)
+            frame = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            msg = CompressedImage(format="jpeg",
+                                  data=cv2.imencode(".jpg", frame)[1].tobytes())
+            msg.header.stamp = stamp
+            img_pub.publish(msg)
+            _spin(local, lambda: False, timeout=0.1)
+        assert _spin(local, lambda: len(chunks) >= 1, 30)
+    finally:
+        _stop(node, executor, thread)
+    assert (chunks[0].horizon, chunks[0].action_dim) == (4, 3)

@@ -57,6 +57,25 @@ def image_to_rgb(msg, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
     return np.ascontiguousarray(rgb)
 
 
+def compressed_to_rgb(msg, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg or png) -> uint8 (H, W, 3) RGB, resized if needed."""
+    import cv2
+
+    fmt = str(msg.format).lower()
+    if "jpeg" not in fmt and "jpg" not in fmt and "png" not in fmt:
+        raise MessageError(f"compressed image format {msg.format!r} is not supported; "
+                           "expected jpeg or png")
+    bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise MessageError(f"compressed image ({len(msg.data)} bytes) could not be decoded "
+                           f"as {msg.format}")
+    rgb = bgr[..., ::-1]
+    if expected_hw is not None and rgb.shape[:2] != tuple(expected_hw):
+        rgb = cv2.resize(np.ascontiguousarray(rgb), (expected_hw[1], expected_hw[0]),
+                         interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(rgb)
+
+
 def joint_positions(msg, names: Sequence[str]) -> np.ndarray:
     """sensor_msgs/JointState -> float32 positions of ``names``, in that order."""
     msg_names, pos = list(msg.name), np.asarray(msg.position, dtype=np.float64)

@@ -1,7 +1,8 @@
 """Observation histories from message streams: one implementation for live topics and bags.
 
 Each policy observation key has a source topic (relative, so users remap): camera keys read
-``sensor_msgs/Image`` on the key's name (``image``), ``joints`` reads ``sensor_msgs/JointState``
+``sensor_msgs/Image`` on the key's name (``image``; or ``sensor_msgs/CompressedImage`` on
+``image/compressed``), ``joints`` reads ``sensor_msgs/JointState``
 on ``joint_states``, any other low-dim key reads ``std_msgs/Float32MultiArray`` on its name.
 The assembler keeps the latest value of each key and, every ``dt`` of message time, appends a
 snapshot to an ``n_obs_steps`` history: the 10 Hz frames the policy was trained on.
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bac_ros.nodes.convert import image_to_rgb, joint_positions, vector
+from bac_ros.nodes.convert import compressed_to_rgb, image_to_rgb, joint_positions, vector
 
 IMAGE, JOINT_STATE, VECTOR = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState", \
     "std_msgs/msg/Float32MultiArray"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
 
 
 @dataclass(frozen=True)
@@ -28,11 +30,14 @@ class Source:
     msgtype: str
 
 
-def observation_sources(obs_spec: Mapping[str, tuple[tuple[int, ...], str]]) -> list[Source]:
+def observation_sources(obs_spec: Mapping[str, tuple[tuple[int, ...], str]],
+                        compressed: bool = False) -> list[Source]:
+    """Sources of each key; with ``compressed``, cameras read ``<key>/compressed``."""
     out = []
     for key, (_, kind) in obs_spec.items():
         if kind == "rgb":
-            out.append(Source(key, key, IMAGE))
+            out.append(Source(key, f"{key}/compressed", COMPRESSED) if compressed
+                       else Source(key, key, IMAGE))
         elif key == "joints":
             out.append(Source(key, "joint_states", JOINT_STATE))
         else:
@@ -42,9 +47,10 @@ def observation_sources(obs_spec: Mapping[str, tuple[tuple[int, ...], str]]) -> 
 
 def converter(source: Source, shape: tuple[int, ...], joint_names: Sequence[str]) -> Callable:
     """message -> numpy observation value for one source (raises MessageError)."""
-    if source.msgtype == IMAGE:
+    if source.msgtype in (IMAGE, COMPRESSED):
         hw = (int(shape[1]), int(shape[2]))
-        return lambda msg: image_to_rgb(msg, hw)
+        decode = image_to_rgb if source.msgtype == IMAGE else compressed_to_rgb
+        return lambda msg: decode(msg, hw)
     if source.msgtype == JOINT_STATE:
         if len(joint_names) != shape[0]:
             raise ValueError(

@@ -47,6 +47,7 @@ PARAMETERS = {
     "action_low": ([-math.inf], "lower action limits per dimension (one value: all dimensions)"),
     "action_high": ([math.inf], "upper action limits per dimension (one value: all dimensions)"),
     "limit_mode": ("clip", "clip: clamp out-of-limit actions; refuse: drop the whole chunk"),
+    "compressed_image": (False, "read cameras as sensor_msgs/CompressedImage on <key>/compressed"),
     "max_obs_age": (0.5, "seconds: no chunk from an observation older than this"),
     "publish_trajectory": (True, "also publish trajectory_msgs/JointTrajectory"),
     "seed": (-1, "sampling seed for reproducible chunks (-1: fresh noise every chunk)"),
@@ -86,7 +87,7 @@ class PolicyNode(LifecycleNode):
                 raise ValueError("parameter 'checkpoint' is empty; set it to a checkpoint folder")
             policy = Policy.from_pretrained(p["checkpoint"], device=p["device"], dtype=p["dtype"],
                                             schedule=p["schedule"] or None)
-            sources = observation_sources(policy.obs_spec)
+            sources = observation_sources(policy.obs_spec, p["compressed_image"])
             convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"])
                      for s in sources}
             low, high = (self._limits(p[k], policy.action_dim) for k in ("action_low",

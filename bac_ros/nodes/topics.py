@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray
 
-from bac_ros.nodes.observer import IMAGE, JOINT_STATE, Source
+from bac_ros.nodes.observer import COMPRESSED, IMAGE, JOINT_STATE, Source
 
-MSG_CLASSES = {IMAGE: Image, JOINT_STATE: JointState}
+MSG_CLASSES = {IMAGE: Image, COMPRESSED: CompressedImage, JOINT_STATE: JointState}
 
 
 def subscribe_observations(node: Node, sources: Sequence[Source],
@@ -21,7 +21,7 @@ def subscribe_observations(node: Node, sources: Sequence[Source],
     subs = []
     for s in sources:
         cls = MSG_CLASSES.get(s.msgtype, Float32MultiArray)
-        qos = qos_profile_sensor_data if cls is Image else 10
+        qos = qos_profile_sensor_data if cls in (Image, CompressedImage) else 10
         subs.append(node.create_subscription(cls, s.topic, lambda msg, s=s: callback(s, msg),
                                              qos, callback_group=callback_group))
     return subs
