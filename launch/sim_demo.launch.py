@@ -39,5 +39,7 @@ def generate_launch_description():
                  "schedule": arg("schedule"),
                  "device": arg("device"),
                  "use_sim_time": lockstep,
+                 "replan_steps": PythonExpression(["1 if '", arg("mode"),
+                                                   "' == 'lockstep' else 0"]),
              }]),
     ])

@@ -11,7 +11,7 @@ import rclpy
 import torch
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -71,7 +71,7 @@ def _start(node_overrides):
                                            for k, v in node_overrides.items()])
     assert node.trigger_configure() is not None and node.policy is not None
     node.trigger_activate()
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
@@ -87,7 +87,8 @@ def _stop(node, executor, thread):
 
 def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, tmp_path):
     node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu",
-                                     "action_low": [-10.0], "action_high": [10.0]})
+                                     "action_low": [-10.0], "action_high": [10.0],
+                                     "replan_steps": 1})
     client = rclpy.create_node("test_client")
     chunks, trajs, diags = [], [], []
     client.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
@@ -271,7 +272,7 @@ def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
                                        Parameter("images", value=False),
                                        Parameter("n_action_steps", value=4)])
     node, executor, thread = _start({"checkpoint": str(lowdim_ckpt), "device": "cpu",
-                                     "use_sim_time": True})
+                                     "use_sim_time": True, "replan_steps": 1})
     local = rclpy.executors.SingleThreadedExecutor()
     local.add_node(sim)
     try:
@@ -335,7 +336,7 @@ def test_compressed_camera_input(ros, image_ckpt):
         compressed_to_rgb(CompressedImage(format="jpeg", data=b"\x00" * 10))
 
     node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu",
-                                     "compressed_image": True})
+                                     "compressed_image": True, "replan_steps": 1})
     client = rclpy.create_node("compressed_client")
     chunks = []
     client.create_subscription(ActionChunk, "action_chunk", chunks.append, 10)

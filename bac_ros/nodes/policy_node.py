@@ -3,7 +3,7 @@
 configure loads and validates the checkpoint and schedule (a failure leaves the node
 unconfigured, alive, ready for another try); activate starts inference. Subscriptions only store
 the newest message, and each camera frame (at most one per dt) extends the observation history;
-inference runs off the subscription threads, at ``rate_hz`` or (0) on every new frame.
+inference runs on its own thread, at ``rate_hz`` or (0) every ``replan_steps`` new frames.
 Nothing non-finite or outside the action limits is ever published.
 """
 
@@ -14,13 +14,14 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.time import Time
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
@@ -41,7 +42,9 @@ PARAMETERS = {
                      "Changing it at run time swaps the schedule after validation"),
     "device": ("auto", "auto | cpu | cuda[:N]"),
     "dtype": ("float32", "float32 | float16 | bfloat16 (half precision on CUDA only)"),
-    "rate_hz": (0.0, "inference rate; 0 = on every new observation frame, as fast as possible"),
+    "rate_hz": (0.0, "inference rate; 0 = every replan_steps new observation frames"),
+    "replan_steps": (0, "with rate_hz 0: frames between chunks (0 = the policy's "
+                        "n_action_steps, as it was trained to execute)"),
     "joint_names": (["joint1", "joint2", "joint3"],
                     "joints read from joint_states, in the policy's order; also the action names"),
     "action_low": ([-math.inf], "lower action limits per dimension (one value: all dimensions)"),
@@ -67,7 +70,10 @@ class PolicyNode(LifecycleNode):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.policy = None
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        # Every torch call (loading, inference) runs on this one thread: a second thread calling
+        # into torch starts a second OpenMP team, and the two halve CPU inference speed.
+        self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bac_inference")
+        self._pending = self._again = False
         self.stats = {"chunks": 0, "stale": 0, "rejected_msgs": 0, "unsafe": 0, "clipped": 0}
         self.latencies: deque = deque(maxlen=50)
         self.publish_times: deque = deque(maxlen=50)
@@ -75,7 +81,6 @@ class PolicyNode(LifecycleNode):
         self._log_times: dict[str, float] = {}
         self._entities: list = []
         self._active = False
-        self._new_frame = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -85,8 +90,9 @@ class PolicyNode(LifecycleNode):
         try:
             if not p["checkpoint"]:
                 raise ValueError("parameter 'checkpoint' is empty; set it to a checkpoint folder")
-            policy = Policy.from_pretrained(p["checkpoint"], device=p["device"], dtype=p["dtype"],
-                                            schedule=p["schedule"] or None)
+            policy = self._torch.submit(
+                Policy.from_pretrained, p["checkpoint"], device=p["device"], dtype=p["dtype"],
+                schedule=p["schedule"] or None).result()
             sources = observation_sources(policy.obs_spec, p["compressed_image"])
             convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"])
                      for s in sources}
@@ -98,10 +104,12 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         self.policy, self.params, self.low, self.high = policy, p, low, high
+        self.replan_steps = p["replan_steps"] or policy.n_action_steps
+        self._frames_since = self.replan_steps  # the first frame gets a chunk at once
         self.assembler = ObservationAssembler([s.key for s in sources], policy.n_obs_steps,
                                               policy.dt, p["max_obs_age"],
                                               primary_key(policy.obs_spec))
-        sensors, infer = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        sensors = MutuallyExclusiveCallbackGroup()
         self._entities += subscribe_observations(
             self, sources, lambda s, msg: self._on_message(s, convs[s.key], msg), sensors)
         self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, "action_chunk", 10)
@@ -110,12 +118,8 @@ class PolicyNode(LifecycleNode):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities.append(self.create_timer(1.0, self._diagnostics, callback_group=sensors))
         if p["rate_hz"] > 0:
-            self._entities.append(self.create_timer(1.0 / p["rate_hz"], self._infer,
-                                                    callback_group=infer))
-        else:
-            self._stop = threading.Event()
-            self._worker = threading.Thread(target=self._infer_loop, daemon=True)
-            self._worker.start()
+            self._entities.append(self.create_timer(1.0 / p["rate_hz"], self._request_inference,
+                                                    callback_group=sensors))
         self.get_logger().info(
             f"configured {p['checkpoint']} ({policy.config['policy']['kind']}, "
             f"{policy.sampler['type']} K={policy.num_inference_steps}, schedule "
@@ -140,11 +144,6 @@ class PolicyNode(LifecycleNode):
 
     def _teardown(self) -> None:
         self._active = False
-        if getattr(self, "_worker", None) is not None:
-            self._stop.set()
-            self.wake.set()
-            self._worker.join(timeout=5)
-            self._worker = None
         for e in self._entities:
             if hasattr(e, "cancel"):
                 e.cancel()
@@ -160,6 +159,11 @@ class PolicyNode(LifecycleNode):
         if diag is not None:
             self.destroy_publisher(diag)
         self.policy = None
+
+    def destroy_node(self):
+        self._teardown()
+        self._torch.shutdown(wait=True, cancel_futures=True)
+        return super().destroy_node()
 
     # -- inputs ------------------------------------------------------------------------------
     def _warn(self, key: str, text: str) -> None:
@@ -184,18 +188,31 @@ class PolicyNode(LifecycleNode):
             self.stats["rejected_msgs"] += 1
             self._warn(source.topic, f"rejected {source.topic} message: {e}")
             return
-        if new_frame:
-            self._new_frame = True
-            self.wake.set()
+        if new_frame and self.params["rate_hz"] <= 0:
+            self._frames_since += 1
+            if self._frames_since >= self.replan_steps:
+                self._frames_since = 0
+                self._request_inference()
 
     # -- inference ---------------------------------------------------------------------------
-    def _infer_loop(self) -> None:
-        while not self._stop.is_set():
-            self.wake.wait(timeout=0.5)
-            self.wake.clear()
-            if self._new_frame:
-                self._new_frame = False
-                self._infer()
+    def _request_inference(self) -> None:
+        """Queue one inference on the torch thread; while one runs, remember to run again
+        (latest observation wins: requests never pile up)."""
+        with self.lock:
+            if self._pending:
+                self._again = True
+                return
+            self._pending = True
+        self._torch.submit(self._infer_job)
+
+    def _infer_job(self) -> None:
+        try:
+            self._infer()
+        finally:
+            with self.lock:
+                again, self._pending, self._again = self._again, False, False
+            if again and self._active:
+                self._request_inference()
 
     def _infer(self) -> None:
         if not self._active or self.policy is None:
@@ -318,7 +335,9 @@ class PolicyNode(LifecycleNode):
 def main(args=None) -> int:
     rclpy.init(args=args)
     node = PolicyNode()
-    executor = MultiThreadedExecutor(num_threads=3)
+    # Callbacks only store messages and queue work: one executor thread is enough, and more
+    # Python threads would compete for the GIL with the inference thread.
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     if node.get_parameter("autostart").value:
         if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:

@@ -10,7 +10,8 @@ for time s + k*dt, so actions whose time has passed are skipped.
 * ``lockstep``: after each ``n_action_steps`` actions the world waits for the chunk computed
   from its current observation, so only the policy's decisions matter, not its speed. Time is
   then simulation time (``/clock``, published just before each observation): run the policy
-  node with ``use_sim_time:=true``.
+  node with ``use_sim_time:=true`` and ``replan_steps:=1`` (the sim decides which chunk it
+  consumes).
 """
 
 from __future__ import annotations
