@@ -74,6 +74,8 @@ def time_plans(policy: Policy, plans: dict, obs: dict, repeats: int) -> dict[str
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, help="policy checkpoint (default: bundled/random)")
+    ap.add_argument("--random", action="store_true",
+                    help="the paper's DP-T configuration with random weights")
     ap.add_argument("--observations", type=Path, help="npz of profiling observations (N, To, ...)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=15)
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
-    ckpt = args.checkpoint or (BUNDLED if BUNDLED.is_dir() else None)
+    ckpt = None if args.random else args.checkpoint or (BUNDLED if BUNDLED.is_dir() else None)
     policy = (Policy.from_pretrained(ckpt, device=args.device) if ckpt
               else random_paper_policy(args.device))
     source = str(ckpt) if ckpt else "paper DP-T configuration, random weights"
