@@ -121,10 +121,9 @@ class Policy:
         self.model.to(self.device, self.dtype)
         self.normalizer.to(self.device)
         self.set_sampler(cfg["noise_scheduler"], int(pol.get("num_inference_steps", 100)))
-        weights = {k: v for k, v in checkpoint.tensors.items()}
         self.fingerprint = model_fingerprint(
             {k: cfg[k] for k in ("policy", "model", "noise_scheduler", "obs_encoder") if k in cfg},
-            weights,
+            checkpoint.tensors,
         )
 
     @classmethod
