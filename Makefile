@@ -3,8 +3,10 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 IN_ENV := . .venv/bin/activate && . install/setup.sh &&
 PYTEST_ARGS ?= test
+BENCH_ARGS ?=
+SOAK_MINUTES ?= 10
 
-.PHONY: env test lint demo bench-speed clean
+.PHONY: env test lint demo bench bench-speed soak clean
 
 env:
 	@tools/bootstrap.sh
@@ -15,8 +17,14 @@ test: env
 demo: env
 	@$(IN_ENV) python -m bac_ros.nodes.demo
 
+bench: env
+	@$(IN_ENV) python bench/run_bench.py $(BENCH_ARGS)
+
 bench-speed: env
 	@$(IN_ENV) python bench/cache_speed.py
+
+soak: env
+	@$(IN_ENV) python bench/soak.py --minutes $(SOAK_MINUTES) --json docs/soak.json
 
 lint: env
 	@$(IN_ENV) ruff check bac_ros test bench scripts tools

@@ -7,6 +7,7 @@
     bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
     bac train --variant lowdim --out DIR
     bac eval --checkpoint DIR --method bac:FILE --mode lockstep --episodes 200 --json OUT
+    bac tune --checkpoint DIR --bag BAG --speedup 5 --out TUNED.yaml
 """
 
 from __future__ import annotations
@@ -64,6 +65,50 @@ def _profile(args) -> int:
           f"({plan.mean():.1%}), FLOP ratio {policy.flop_ratio(plan):.2f}x")
     if args.plots:
         _write_plots(sched, result, Path(args.plots))
+    return 0
+
+
+def _tune_observations(args, policy) -> tuple[list, str]:
+    """Observation histories for tuning: a bag, an npz, or expert demonstrations."""
+    if args.bag:
+        from bac_ros.nodes.bag import read_observation_windows
+
+        return read_observation_windows(args.bag, policy, args.joint_names), str(args.bag)
+    if args.observations:
+        from bac_ros.policy.observations import load_observations
+
+        return load_observations(args.observations), str(args.observations)
+    from bac_ros.sim.dataset import generate_demos, observation_windows
+
+    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
+    data = generate_demos(args.demos, seed=0, with_images=images)
+    return (observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, 64, seed=0),
+            f"{args.demos} expert demonstrations of the bundled task")
+
+
+def _tune(args) -> int:
+    import json
+
+    from bac_ros.policy.policy import Policy
+    from bac_ros.policy.tune import tune, tuned_schedule
+
+    policy = Policy.from_pretrained(args.checkpoint, device=args.device)
+    observations, source = _tune_observations(args, policy)
+    if args.max_observations:
+        observations = observations[: args.max_observations]
+    print(f"tuning on {len(observations)} observation histories from {source}")
+    best, cands, ref = tune(policy, observations, latency_ms=args.latency_ms,
+                            speedup=args.speedup, fidelity_obs=args.fidelity_obs,
+                            n_samples=args.samples)
+    sched = tuned_schedule(best, ref, source, len(observations))
+    out = sched.save(args.out)
+    print(f"wrote {out} (id {sched.id}): {best.name}, {best.latency_ms:.1f} ms "
+          f"({best.speedup:.2f}x faster than full compute here), energy distance "
+          f"{best.scores['energy']:.4f} (full vs full: {ref['noise_floor']['energy']:.4f})")
+    if args.report:
+        Path(args.report).write_text(json.dumps(
+            {"winner": best.name, "reference": ref, "candidates": [c.row() for c in cands]},
+            indent=1, default=float))
     return 0
 
 
@@ -170,7 +215,7 @@ def _eval(args) -> int:
     with tqdm(total=args.episodes, desc=f"{args.method} {args.mode}", unit="ep",
               file=sys.stderr) as bar:
         report = evaluate(policy, args.method, args.episodes, args.seed, args.mode,
-                          progress=bar.update)
+                          progress=bar.update, latency_ms=args.latency_ms)
     lo, hi = report["ci95"]
     print(f"{args.method} ({args.mode}, {args.episodes} episodes from seed {args.seed}): "
           f"success {report['success_rate']:.1%} [95% CI {lo:.1%}-{hi:.1%}], "
@@ -260,8 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=100_000, help="first episode seed")
     p.add_argument("--device", default="auto")
+    p.add_argument("--latency-ms", type=float,
+                   help="realtime mode: assume this fixed latency instead of timing each chunk")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("tune", help="best-fidelity sampler + schedule inside a latency budget")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
+    src.add_argument("--observations", type=Path, help="observations npz")
+    src.add_argument("--demos", type=int, default=30,
+                     help="else: this many expert demonstrations of the bundled task")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--latency-ms", type=float, help="median batch-1 latency budget here")
+    budget.add_argument("--speedup", type=float, help="at least this much faster than full")
+    p.add_argument("--joint-names", nargs="+", default=["joint1", "joint2", "joint3"])
+    p.add_argument("--max-observations", type=int, default=0)
+    p.add_argument("--fidelity-obs", type=int, default=32)
+    p.add_argument("--samples", type=int, default=16, help="chunks per observation and side")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--report", type=Path, help="JSON with every candidate's figures")
+    p.add_argument("--out", type=Path, required=True, help="schedule YAML to write")
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("inspect", help="summarise a schedule and draw its plots")
     p.add_argument("schedule", type=Path)

@@ -23,7 +23,7 @@ import torch
 from bac_ros.cache.plans import uniform_plan
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import new_checkpoint
-from bac_ros.policy.observations import load_observations
+from bac_ros.policy.observations import load_observations, random_observations
 from bac_ros.policy.policy import Policy
 
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "arm_lowdim"
@@ -35,24 +35,6 @@ def random_paper_policy(device: str) -> Policy:
     norm.fit_limits("state", torch.randn(256, 7, generator=g))
     norm.fit_limits("action", torch.randn(256, 3, generator=g))
     return Policy(new_checkpoint({"state": {"shape": [7], "type": "low_dim"}}, 3, norm), device)
-
-
-def observations_from_stats(policy: Policy, n: int, seed: int) -> list[dict]:
-    """Observations drawn uniformly inside the normaliser's recorded [min, max] per key."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        obs = {}
-        for key, (shape, kind) in policy.obs_spec.items():
-            stats = policy.normalizer.params_dict[key]["input_stats"]
-            lo, hi = stats["min"].cpu().numpy(), stats["max"].cpu().numpy()
-            size = (policy.n_obs_steps, *shape)
-            if kind == "rgb":
-                obs[key] = rng.integers(0, 256, size=size, dtype=np.uint8)
-            else:
-                obs[key] = rng.uniform(lo, hi, size=size).astype(np.float32)
-        out.append(obs)
-    return out
 
 
 def time_plans(policy: Policy, plans: dict, obs: dict, repeats: int) -> dict[str, list[float]]:
@@ -90,7 +72,7 @@ def main(argv=None) -> int:
               else random_paper_policy(args.device))
     source = str(ckpt) if ckpt else "paper DP-T configuration, random weights"
     obs = (load_observations(args.observations) if args.observations
-           else observations_from_stats(policy, args.profile_obs, seed=0))
+           else random_observations(policy, args.profile_obs, seed=0))
     t0 = time.perf_counter()
     result = policy.profile(obs, batch_size=8)
     schedule = policy.compile_schedule(result, budget=args.budget, top_k=args.top_k)

@@ -6,9 +6,15 @@ import time
 import numpy as np
 import pytest
 
-from bac_ros.cache.acs import optimal_update_steps, segment_costs
+from bac_ros.cache.acs import best_scores, optimal_update_steps, segment_costs
 from bac_ros.cache.blocks import Block
-from bac_ros.cache.plans import bac_steps, bubbling_union, plan_from_steps, uniform_plan
+from bac_ros.cache.plans import (
+    bac_steps,
+    bubbling_union,
+    plan_from_steps,
+    shared_budget_steps,
+    uniform_plan,
+)
 
 
 def _score(sim, steps):
@@ -126,3 +132,32 @@ def test_similarity_metrics_match_their_definitions():
     assert pairwise_l1_error(l1) == pytest.approx(np.mean(pairs), rel=1e-6)
     with pytest.raises(ValueError, match="unknown similarity metric"):
         similarity_matrix(f, "wasserstein")
+
+
+@pytest.mark.parametrize("minimize", [False, True])
+def test_best_scores_are_the_exhaustive_optimum_for_every_budget(minimize):
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        K = int(rng.integers(2, 9))
+        sim = rng.normal(size=(K, K))
+        scores = best_scores(sim, K, minimize)
+        for S in range(1, K + 1):
+            assert scores[S - 1] == pytest.approx(_brute_force(sim, S, minimize)[0], abs=1e-9)
+
+
+def test_shared_budget_spends_updates_where_blocks_drift():
+    K = 30
+    t = np.arange(K)
+    still = np.ones((K, K))  # output never changes: one update stands in for all steps
+    drifting = np.exp(-np.abs(t[:, None] - t[None, :]) / 2.0)  # similarity decays fast
+    sim = np.stack([still, drifting, still, drifting])
+    flops = [1.0, 1.0, 3.0, 3.0]
+    steps = shared_budget_steps(sim, flops, budget=5, metric="cosine")
+    counts = [len(s) for s in steps]
+    assert all(s[0] == 0 and s == sorted(set(s)) for s in steps)
+    assert counts[0] == 1 and counts[2] == 1  # nothing to gain on the still blocks
+    assert counts[1] > 5 and counts[3] > 5  # their share goes to the drifting ones
+    assert np.dot(counts, flops) <= 5 * sum(flops)  # never over the shared FLOP budget
+    # with equal drift everywhere the cheap block gets at least as many updates per FLOP
+    even = shared_budget_steps(np.stack([drifting, drifting]), [1.0, 3.0], 5, "cosine")
+    assert len(even[0]) >= len(even[1])

@@ -70,12 +70,33 @@ def test_schedule_for_another_model_is_refused(compiled):
     assert other.plan is None  # nothing changed
 
 
-def test_schedule_for_another_sampler_is_refused(compiled):
-    _, sched, tmp_path = compiled
-    other = Policy.from_pretrained(_policy_dir(tmp_path, K=10, name="k10"), device="cpu")
-    sched.fingerprint = other.fingerprint  # same model otherwise: the step count must differ
-    with pytest.raises(ScheduleError, match="with 20 steps, but the policy samples with"):
-        other.set_schedule(sched)
+def test_schedule_brings_its_sampler(compiled):
+    policy, _, _ = compiled
+    obs = _observations(3, seed=4)
+    policy.set_sampler("DDIMScheduler", 10)
+    result = policy.profile(obs, batch_size=3)
+    ddim = policy.compile_schedule(result, budget=3, top_k=0)
+    assert ddim.sampler == {"type": "DDIMScheduler", "num_inference_steps": 10}
+    policy.use_trained_sampler()
+    assert policy.sampler == {"type": "DDPMScheduler", "num_inference_steps": 20}
+    policy.set_schedule(ddim)  # switches the policy to DDIM-10 under the schedule's plan
+    assert policy.sampler == ddim.sampler and policy.plan.shape == (10, 6)
+    cached = policy.predict(obs[0], seed=2)
+    policy.set_schedule(None)
+    assert policy.sampler == ddim.sampler and policy.plan is None
+    assert not np.array_equal(policy.predict(obs[0], seed=2), cached)
+
+
+def test_schedule_with_unknown_sampler_is_refused_and_changes_nothing(compiled):
+    policy, sched, _ = compiled
+    policy.set_schedule(sched)
+    before = (policy.sampler, policy.schedule_id, policy.plan.copy())
+    bad = Schedule(sched.fingerprint, {"type": "NoSuchScheduler", "num_inference_steps": 7},
+                   sched.steps)
+    with pytest.raises(ScheduleError, match="asks for sampler .*NoSuchScheduler"):
+        policy.set_schedule(bad)
+    assert (policy.sampler, policy.schedule_id) == before[:2]
+    np.testing.assert_array_equal(policy.plan, before[2])
 
 
 def test_unknown_block_names_are_refused(compiled):

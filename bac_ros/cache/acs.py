@@ -19,14 +19,8 @@ def segment_costs(similarity: np.ndarray) -> np.ndarray:
     return prefix - np.diag(before)[:, None]
 
 
-def optimal_update_steps(
-    similarity: np.ndarray, budget: int, minimize: bool = False
-) -> list[int]:
-    """The ``budget`` sorted update steps (step 0 included) that maximise the summed similarity
-    of the steps each update stands in for (``minimize=True`` for distances such as l1/mse).
-
-    Ties prefer the earliest previous segment end, which makes the result deterministic.
-    """
+def _solve(similarity: np.ndarray, budget: int, minimize: bool):
+    """The DP: best score of each segment count 1..budget, and the back pointers."""
     sim = np.asarray(similarity, dtype=np.float64)
     if sim.ndim != 2 or sim.shape[0] != sim.shape[1] or sim.shape[0] == 0:
         raise ValueError(f"similarity must be a square K x K matrix; got shape {sim.shape}")
@@ -38,7 +32,7 @@ def optimal_update_steps(
     C[np.tril_indices(K, -1)] = -np.inf
     # dp[i]: best score of s segments covering steps 0..i; back[s][i]: previous segment end j.
     dp = C[0].copy()
-    back = []
+    scores, back = [dp[K - 1]], []
     j_idx, i_idx = np.arange(K - 1)[:, None], np.arange(K)[None, :]
     for s in range(2, budget + 1):
         cand = dp[:-1, None] + C[1:, :]  # cand[j, i] = dp[j] + cost(j + 1, i)
@@ -46,9 +40,27 @@ def optimal_update_steps(
         arg = np.argmax(cand, axis=0)  # first maximum = smallest j
         dp = cand[arg, np.arange(K)]
         back.append(arg)
-    steps, i = [], K - 1
+        scores.append(dp[K - 1])
+    return sign * np.asarray(scores), back
+
+
+def optimal_update_steps(
+    similarity: np.ndarray, budget: int, minimize: bool = False
+) -> list[int]:
+    """The ``budget`` sorted update steps (step 0 included) that maximise the summed similarity
+    of the steps each update stands in for (``minimize=True`` for distances such as l1/mse).
+
+    Ties prefer the earliest previous segment end, which makes the result deterministic.
+    """
+    _, back = _solve(similarity, budget, minimize)
+    steps, i = [], len(similarity) - 1
     for arg in reversed(back):
         j = int(arg[i])
         steps.append(j + 1)
         i = j
     return [0] + sorted(steps)
+
+
+def best_scores(similarity: np.ndarray, max_budget: int, minimize: bool = False) -> np.ndarray:
+    """The optimal ACS objective for every budget 1..max_budget (index 0 = one update)."""
+    return _solve(similarity, max_budget, minimize)[0]

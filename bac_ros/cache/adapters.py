@@ -15,6 +15,7 @@ from torch import nn
 
 from bac_ros.cache.blocks import Block, BlockBinding
 from bac_ros.models.dpt import LayerStack, TransformerForDiffusion
+from bac_ros.models.rdt import RDTHead
 
 StepFn = Callable[[torch.Tensor, int], torch.Tensor]
 
@@ -129,7 +130,47 @@ class GenericAdapter(BlockAdapter):
         return bindings
 
 
-ADAPTERS: dict[type, Callable[[], BlockAdapter]] = {TransformerForDiffusion: DPTAdapter}
+class RDTAdapter(BlockAdapter):
+    """RDT-style head: per block ``sa``/``ca``/``ffn``, named ``model.blocks.<l>.{attn,
+    cross_attn,ffn}`` (the modules' own state-dict paths)."""
+
+    KINDS = (("sa", "sa_branch", "attn"), ("ca", "ca_branch", "cross_attn"),
+             ("ffn", "ffn_branch", "ffn"))
+
+    def bind(self, model: RDTHead) -> list[BlockBinding]:
+        return [BlockBinding(Block(f"model.blocks.{l}.{label}", l, kind), block, method)
+                for l, block in enumerate(model.model.blocks) for kind, method, label in self.KINDS]
+
+    def runner(self, model, cond, timesteps, fast=True):
+        if not fast:
+            return super().runner(model, cond, timesteps, fast)
+        return _rdt_fast_runner(model, cond, timesteps)
+
+
+def _rdt_fast_runner(model: RDTHead, cond: torch.Tensor, timesteps: torch.Tensor) -> StepFn:
+    """The time tokens of all steps, and every block's cross-attention keys/values of its
+    (language or image) condition, are computed once per observation instead of per step."""
+    dit = model.model
+    head, lang, img = model.split_condition(cond)
+    B = cond.shape[0]
+    time_tok = dit.t_embedder(timesteps)[:, None, None].expand(-1, B, 1, -1)  # (K, B, 1, E)
+    pos = dit.x_pos_embed
+    blocks = list(dit.blocks)
+    kvs = [b.cross_attn.keys_values(lang if i % 2 == 0 else img) for i, b in enumerate(blocks)]
+
+    def step(x: torch.Tensor, k: int) -> torch.Tensor:
+        h = torch.cat([time_tok[k], head, model.adapt_actions(x)], dim=1) + pos
+        for block, kv in zip(blocks, kvs):
+            h = h + block.sa_branch(h)
+            h = h + block.ca_branch(h, None, kv)
+            h = h + block.ffn_branch(h)
+        return dit.final_layer(h)[:, -dit.horizon:]
+
+    return step
+
+
+ADAPTERS: dict[type, Callable[[], BlockAdapter]] = {TransformerForDiffusion: DPTAdapter,
+                                                    RDTHead: RDTAdapter}
 
 
 def adapter_for(model: nn.Module) -> BlockAdapter:

@@ -124,6 +124,8 @@ class DenoisingEngine:
         if self._timesteps_dev is None or self._timesteps_dev.device != device:
             self._timesteps_dev = self.timesteps.to(device)  # never copied inside a graph capture
         step_fn = self.adapter.runner(self.model, cond, self._timesteps_dev, fast=self.fast)
+        if self.table is None:  # multistep solvers keep per-run state (step index, history)
+            self.scheduler.set_timesteps(self.num_steps)
         inpaint = condition_mask is not None
         for k in range(self.num_steps):
             self.cache.step = k

@@ -7,11 +7,12 @@ forced final step (§4.5). Baselines use the same representation: ``none`` (full
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 import numpy as np
 
-from bac_ros.cache.acs import optimal_update_steps
+from bac_ros.cache.acs import best_scores, optimal_update_steps
 from bac_ros.cache.blocks import Block
 from bac_ros.cache.similarity import DISTANCES
 
@@ -71,6 +72,42 @@ def uniform_plan(num_steps: int, n_blocks: int, every: int) -> np.ndarray:
     return plan
 
 
+def unified_steps(similarity: np.ndarray, budget: int, metric: str,
+                  last_step: bool = True) -> list[list[int]]:
+    """The paper's ablation: one ACS solution on the block-averaged similarity, shared by every
+    block (no per-block adaptivity, so no BUA)."""
+    shared = optimal_update_steps(np.mean(similarity, axis=0), budget,
+                                  minimize=metric in DISTANCES)
+    steps = [list(shared) for _ in range(len(similarity))]
+    return force_last_step(steps, similarity.shape[-1]) if last_step else steps
+
+
+def shared_budget_steps(similarity: np.ndarray, block_flops: Sequence[float], budget: int,
+                        metric: str) -> list[list[int]]:
+    """One FLOP budget for all blocks (what ``budget`` updates of every block cost), spent where
+    it buys the most: each further update goes to the block whose optimal ACS objective gains the
+    most per FLOP. Blocks whose output barely changes keep few updates, drifting ones get more."""
+    n, K = similarity.shape[0], similarity.shape[-1]
+    minimize = metric in DISTANCES
+    flops = np.asarray(block_flops, dtype=np.float64)
+    cap = min(K, 4 * budget)
+    sign = -1.0 if minimize else 1.0
+    scores = [sign * best_scores(sim, cap, minimize) for sim in similarity]  # higher = better
+    alloc, spent, total = [1] * n, flops.sum(), budget * flops.sum()
+    heap = [(-(scores[b][1] - scores[b][0]) / flops[b], b) for b in range(n) if cap > 1]
+    heapq.heapify(heap)
+    while heap:
+        _, b = heapq.heappop(heap)
+        if spent + flops[b] > total:
+            continue
+        alloc[b] += 1
+        spent += flops[b]
+        if alloc[b] < cap:
+            gain = scores[b][alloc[b]] - scores[b][alloc[b] - 1]
+            heapq.heappush(heap, (-gain / flops[b], b))
+    return [optimal_update_steps(sim, a, minimize) for sim, a in zip(similarity, alloc)]
+
+
 def bac_steps(
     similarity: np.ndarray,
     errors: np.ndarray,
@@ -79,9 +116,12 @@ def bac_steps(
     metric: str = "cosine",
     top_k: int = 5,
     last_step: bool = True,
+    block_flops: Sequence[float] | None = None,
 ) -> tuple[list[list[int]], list[int]]:
-    """ACS -> BUA -> forced final step. Returns per-block steps and the BUA-selected blocks."""
-    steps = acs_steps(similarity, budget, metric)
+    """ACS -> BUA -> forced final step. Returns per-block steps and the BUA-selected blocks.
+    With ``block_flops``, ACS budgets come from one shared FLOP budget (shared_budget_steps)."""
+    steps = (acs_steps(similarity, budget, metric) if block_flops is None
+             else shared_budget_steps(similarity, block_flops, budget, metric))
     steps, selected = bubbling_union(steps, blocks, errors, top_k)
     if last_step:
         steps = force_last_step(steps, similarity.shape[-1])

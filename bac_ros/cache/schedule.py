@@ -31,6 +31,13 @@ class ScheduleError(ValueError):
     """A schedule file that cannot be used with this model or sampler."""
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line (PyYAML's own text spans several, with a caret)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(str(getattr(error, "problem", None) or error).split())
+
+
 def model_fingerprint(config: dict, state_dict: dict[str, torch.Tensor]) -> str:
     """sha256 of the architecture config and every tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
@@ -128,8 +135,11 @@ class Schedule:
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise ScheduleError(f"schedule file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ScheduleError(f"schedule file {path} cannot be read as text ({e})") from None
         except yaml.YAMLError as e:
-            raise ScheduleError(f"schedule file {path} is not valid YAML ({e})") from None
+            raise ScheduleError(
+                f"schedule file {path} is not valid YAML ({yaml_problem(e)})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ScheduleError(f"{path} is not a bac_ros schedule file (format: {FORMAT})")
         if data.get("version") != VERSION:

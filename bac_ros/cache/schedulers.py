@@ -12,12 +12,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 
+# FlowMatchEulerDiscreteScheduler integrates a velocity head (pi0 / GR00T style flow matching):
+# x starts as noise at sigma = 1 and moves by (sigma_next - sigma) * v; the model sees
+# timestep = sigma * num_train_timesteps.
 SCHEDULERS = {
     "DDPMScheduler": DDPMScheduler,
     "DDIMScheduler": DDIMScheduler,
     "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
 }
 
 # Chi et al.'s DP-T defaults.

@@ -65,7 +65,10 @@ def compressed_to_rgb(msg, expected_hw: tuple[int, int] | None = None) -> np.nda
     if "jpeg" not in fmt and "jpg" not in fmt and "png" not in fmt:
         raise MessageError(f"compressed image format {msg.format!r} is not supported; "
                            "expected jpeg or png")
-    bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(bytes(msg.data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:  # empty or absurd buffers raise instead of returning None
+        bgr = None
     if bgr is None:
         raise MessageError(f"compressed image ({len(msg.data)} bytes) could not be decoded "
                            f"as {msg.format}")
@@ -83,6 +86,11 @@ def joint_positions(msg, names: Sequence[str]) -> np.ndarray:
         raise MessageError(
             f"joint state has {len(msg_names)} names but {len(pos)} positions; expected equal"
         )
+    for field in ("velocity", "effort"):  # the message's contract: empty or one per name
+        size = len(getattr(msg, field, ()))
+        if size not in (0, len(msg_names)):
+            raise MessageError(f"joint state has {len(msg_names)} names but {size} {field} "
+                               "values; expected equal or none")
     index = {n: i for i, n in enumerate(msg_names)}
     missing = [n for n in names if n not in index]
     if missing:

@@ -92,6 +92,12 @@ class ObservationAssembler:
         self.history.append(({k: self.latest[k][0] for k in self.keys}, stamp))
         return True
 
+    def clear(self) -> None:
+        """Forget every value and frame (after the clock jumped back)."""
+        self.latest.clear()
+        self.history.clear()
+        self._last_frame = -np.inf
+
     def stale_keys(self, now: float) -> list[str]:
         """Keys with no value yet, or whose newest value is older than ``max_age``."""
         return [k for k in self.keys

@@ -24,6 +24,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.time import Time
+from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bac_ros.msg import ActionChunk
@@ -54,6 +55,8 @@ PARAMETERS = {
     "max_obs_age": (0.5, "seconds: no chunk from an observation older than this"),
     "publish_trajectory": (True, "also publish trajectory_msgs/JointTrajectory"),
     "seed": (-1, "sampling seed for reproducible chunks (-1: fresh noise every chunk)"),
+    "instruction": ("", "VLA heads: the task instruction ('' = the checkpoint's); the "
+                        "'instruction' topic (std_msgs/String) changes it at run time"),
     "autostart": (True, "configure and activate at start"),
 }
 
@@ -76,9 +79,14 @@ class PolicyNode(LifecycleNode):
         self._pending = self._again = False
         self.stats = {"chunks": 0, "stale": 0, "rejected_msgs": 0, "unsafe": 0, "clipped": 0}
         self.latencies: deque = deque(maxlen=50)
+        self.overheads: deque = deque(maxlen=50)
+        self._received = 0.0
         self.publish_times: deque = deque(maxlen=50)
         self.last_problem = ""
         self._log_times: dict[str, float] = {}
+        self._last_now = -math.inf
+        # Not a lifecycle publisher: a failed configure must be able to say why.
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities: list = []
         self._active = False
 
@@ -98,12 +106,17 @@ class PolicyNode(LifecycleNode):
                      for s in sources}
             low, high = (self._limits(p[k], policy.action_dim) for k in ("action_low",
                                                                           "action_high"))
+            if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
+                raise ValueError(f"action limits {low.tolist()} .. {high.tolist()} are not "
+                                 "ordered numbers; expected action_low <= action_high")
             if p["limit_mode"] not in ("clip", "refuse"):
                 raise ValueError(f"limit_mode is {p['limit_mode']!r}; expected clip or refuse")
         except Exception as e:  # configure must fail cleanly, whatever went wrong
-            self.get_logger().error(f"configure failed: {e}")
+            self._configure_failed(e, p["checkpoint"])
             return TransitionCallbackReturn.FAILURE
-        self.policy, self.params, self.low, self.high = policy, p, low, high
+        # Limits as float32, the type published: a checked value stays inside once sent.
+        self.policy, self.params = policy, p
+        self.low, self.high = low.astype(np.float32), high.astype(np.float32)
         self.replan_steps = p["replan_steps"] or policy.n_action_steps
         self._frames_since = self.replan_steps  # the first frame gets a chunk at once
         self.assembler = ObservationAssembler([s.key for s in sources], policy.n_obs_steps,
@@ -112,10 +125,15 @@ class PolicyNode(LifecycleNode):
         sensors = MutuallyExclusiveCallbackGroup()
         self._entities += subscribe_observations(
             self, sources, lambda s, msg: self._on_message(s, convs[s.key], msg), sensors)
+        if hasattr(policy, "set_instruction"):  # a VLA: instruction by parameter and topic
+            if p["instruction"]:
+                policy.set_instruction(p["instruction"])
+            self._entities.append(self.create_subscription(
+                String, "instruction", lambda msg: self._set_instruction(msg.data), 10,
+                callback_group=sensors))
         self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, "action_chunk", 10)
         self.traj_pub = (self.create_lifecycle_publisher(JointTrajectory, "joint_trajectory", 10)
                          if p["publish_trajectory"] else None)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities.append(self.create_timer(1.0, self._diagnostics, callback_group=sensors))
         if p["rate_hz"] > 0:
             self._entities.append(self.create_timer(1.0 / p["rate_hz"], self._request_inference,
@@ -125,6 +143,17 @@ class PolicyNode(LifecycleNode):
             f"{policy.sampler['type']} K={policy.num_inference_steps}, schedule "
             f"{policy.schedule_id or 'full compute'}, device {policy.device})")
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_failed(self, error: Exception, checkpoint: str) -> None:
+        """Log and publish (as an ERROR diagnostic) one line saying why configure failed."""
+        text = str(error) if isinstance(error, (ValueError, OSError)) else \
+            f"checkpoint {checkpoint} does not build a policy ({type(error).__name__}: {error})"
+        text = "configure failed: " + " ".join(text.split())  # one line, even for YAML errors
+        self.get_logger().error(text)
+        status = DiagnosticStatus(name="bac_policy", level=DiagnosticStatus.ERROR, message=text)
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
@@ -155,9 +184,6 @@ class PolicyNode(LifecycleNode):
             pub = self.__dict__.pop(name, None)
             if pub is not None:
                 self.destroy_lifecycle_publisher(pub)
-        diag = self.__dict__.pop("diag_pub", None)
-        if diag is not None:
-            self.destroy_publisher(diag)
         self.policy = None
 
     def destroy_node(self):
@@ -174,19 +200,35 @@ class PolicyNode(LifecycleNode):
             self._log_times[key] = now
             self.get_logger().warning(text)
 
+    def _now(self) -> float:
+        """Clock seconds. A backwards jump (sim time restarted, bag looped, wall clock set back)
+        clears the observation history: its stamps would lie in the future and block new ones."""
+        with self.lock:
+            now = self.get_clock().now().nanoseconds * 1e-9
+            jump, self._last_now = self._last_now - now, now
+            if jump > 0.01:
+                self.assembler.clear()
+                self._frames_since = self.replan_steps
+        if jump > 0.01:
+            self._warn("clock", f"clock jumped back {jump:.3f} s; observation history cleared")
+        return now
+
     def _on_message(self, source, convert, msg) -> None:
+        received = time.perf_counter()
         try:
             value = convert(msg)
-            stamp = (stamp_seconds(msg.header) if hasattr(msg, "header")
-                     else self.get_clock().now().nanoseconds * 1e-9)
-            now = self.get_clock().now().nanoseconds * 1e-9
+            now = self._now()
+            stamp = stamp_seconds(msg.header) if hasattr(msg, "header") else now
             if stamp > now + self.params["max_obs_age"]:
-                raise MessageError(f"stamp {stamp:.3f} lies {stamp - now:.3f} s in the future")
+                raise MessageError(f"stamp {stamp:.3f} lies {stamp - now:.3f} s in the future; "
+                                   f"expected at most max_obs_age={self.params['max_obs_age']}")
             with self.lock:
                 new_frame = self.assembler.add(source.key, value, stamp)
-        except (MessageError, ValueError) as e:
+                self._received = received
+        except Exception as e:  # whatever a message holds, it costs that message only
             self.stats["rejected_msgs"] += 1
-            self._warn(source.topic, f"rejected {source.topic} message: {e}")
+            why = e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+            self._warn(source.topic, f"rejected {source.topic} message: {why}")
             return
         if new_frame and self.params["rate_hz"] <= 0:
             self._frames_since += 1
@@ -208,6 +250,9 @@ class PolicyNode(LifecycleNode):
     def _infer_job(self) -> None:
         try:
             self._infer()
+        except Exception as e:  # an unexpected fault costs this chunk, never the node
+            self.stats["unsafe"] += 1
+            self._warn("infer", f"no chunk: inference step failed ({type(e).__name__}: {e})")
         finally:
             with self.lock:
                 again, self._pending, self._again = self._again, False, False
@@ -217,11 +262,12 @@ class PolicyNode(LifecycleNode):
     def _infer(self) -> None:
         if not self._active or self.policy is None:
             return
-        now = self.get_clock().now().nanoseconds * 1e-9
+        now = self._now()
         with self.lock:
             if not self.assembler.ready:
                 return
             window, stamp = self.assembler.window()
+            received = self._received
             stale = self.assembler.stale_keys(now)
         if stale or now - stamp > self.params["max_obs_age"]:
             self.stats["stale"] += 1
@@ -242,9 +288,13 @@ class PolicyNode(LifecycleNode):
         actions = self._safe(actions)
         if actions is None:
             return
-        self._publish(actions, stamp, latency, policy)
+        self._publish(actions, stamp, latency, policy, received)
 
     def _safe(self, actions: np.ndarray) -> np.ndarray | None:
+        """The chunk as float32 inside the limits, or None (with a diagnostic) when it must not
+        be published."""
+        with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused below
+            actions = np.asarray(actions, dtype=np.float32)
         if not np.isfinite(actions).all():
             self.stats["unsafe"] += 1
             self._warn("nan", "no chunk: the model produced NaN or inf actions")
@@ -259,7 +309,8 @@ class PolicyNode(LifecycleNode):
             actions = np.clip(actions, self.low, self.high)
         return actions
 
-    def _publish(self, actions: np.ndarray, stamp: float, latency: float, policy) -> None:
+    def _publish(self, actions: np.ndarray, stamp: float, latency: float, policy,
+                 received: float) -> None:
         chunk_pub, traj_pub = self.__dict__.get("chunk_pub"), self.__dict__.get("traj_pub")
         if chunk_pub is None:  # torn down while this chunk was computed
             return
@@ -283,24 +334,35 @@ class PolicyNode(LifecycleNode):
             traj_pub.publish(traj)
         self.stats["chunks"] += 1
         self.latencies.append(latency)
+        # Node overhead: newest observation received -> chunk published, minus model time.
+        self.overheads.append(time.perf_counter() - received - latency)
         self.publish_times.append(time.monotonic())
 
     def _diagnostics(self) -> None:
         if self.policy is None:
             return
-        status = DiagnosticStatus(name="bac_policy", hardware_id=str(self.policy.device))
+        now = self._now()
+        with self.lock:
+            stale = self.assembler.stale_keys(now)
         problem = self.last_problem
+        if not problem and stale and self._active:  # no input: no inference ran to say so
+            problem = (f"no chunk: observation {stale} missing or older than "
+                       f"max_obs_age={self.params['max_obs_age']} s")
+        status = DiagnosticStatus(name="bac_policy", hardware_id=str(self.policy.device))
         status.level = DiagnosticStatus.WARN if problem else DiagnosticStatus.OK
-        status.message = problem or "publishing chunks"
+        status.message = problem or ("publishing chunks" if self._active else "inactive")
         times = list(self.publish_times)
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
             times[-1] > times[0] else 0.0
         plan = self.policy.plan
         values = {
             "latency_ms_mean": f"{np.mean(self.latencies) * 1e3:.2f}" if self.latencies else "",
+            "overhead_ms_median": (f"{np.median(self.overheads) * 1e3:.3f}" if self.overheads
+                                   else ""),
             "achieved_rate_hz": f"{rate:.2f}",
             "cache_update_ratio": f"{1.0 if plan is None else float(plan.mean()):.4f}",
             "schedule_id": self.policy.schedule_id,
+            "stale_inputs": ",".join(stale),
             **{k: str(v) for k, v in self.stats.items()},
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -319,8 +381,17 @@ class PolicyNode(LifecycleNode):
             raise ValueError(f"action limits list {values.size} values; expected 1 or {dim}")
         return values
 
+    def _set_instruction(self, text: str) -> None:
+        with self.lock:
+            if self.policy is None or not hasattr(self.policy, "set_instruction"):
+                return
+            self.policy.set_instruction(text)
+        self.get_logger().info(f"instruction now {text!r}")
+
     def _on_set_parameters(self, params) -> SetParametersResult:
         for param in params:
+            if param.name == "instruction" and param.value:
+                self._set_instruction(param.value)
             if param.name == "schedule" and self.policy is not None:
                 try:
                     with self.lock:

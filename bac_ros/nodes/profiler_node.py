@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import rclpy
+import rclpy.logging
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -73,8 +74,9 @@ class ProfilerNode(Node):
                     self.get_logger().info(f"{n}/{self.p['observations']} observations")
                 if n >= self.p["observations"]:
                     self.done.set()
-        except (MessageError, ValueError) as e:
-            self.get_logger().warning(f"rejected {source.topic} message: {e}",
+        except Exception as e:  # whatever a message holds, it costs that message only
+            why = e if isinstance(e, MessageError) else f"{type(e).__name__}: {e}"
+            self.get_logger().warning(f"rejected {source.topic} message: {why}",
                                       throttle_duration_sec=5.0)
 
     def compile(self) -> Path:
@@ -91,7 +93,12 @@ class ProfilerNode(Node):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    node = ProfilerNode()
+    try:
+        node = ProfilerNode()
+    except (ValueError, OSError) as e:  # bad checkpoint or parameters: one line, no trace
+        rclpy.logging.get_logger("bac_profiler").error(f"{e}; no schedule written")
+        rclpy.try_shutdown()
+        return 1
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -19,11 +19,12 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from bac_ros.cache.schedule import yaml_problem
 from bac_ros.cache.schedulers import DEFAULT_SCHEDULER
 
 FORMAT = "bac_ros/policy"
 VERSION = 1
-KINDS = ("dpt_lowdim", "dpt_image")
+KINDS = ("dpt_lowdim", "dpt_image", "rdt")
 
 
 class CheckpointError(ValueError):
@@ -87,8 +88,10 @@ def load_native(path: str | Path) -> Checkpoint:
         )
     try:
         config = yaml.safe_load(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file} cannot be read as text ({e})") from None
     except yaml.YAMLError as e:
-        raise CheckpointError(f"{cfg_file} is not valid YAML ({e})") from None
+        raise CheckpointError(f"{cfg_file} is not valid YAML ({yaml_problem(e)})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file} is not a bac_ros policy config (format: {FORMAT})")
     if config.get("version") != VERSION:

@@ -32,3 +32,22 @@ def load_observations(path: str | Path) -> list[dict[str, np.ndarray]]:
     if len(n) != 1:
         raise ValueError(f"{path}: observation arrays have different lengths {sorted(n)}")
     return [{k: data[k][i] for k in data.files} for i in range(n.pop())]
+
+
+def random_observations(policy, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Observations drawn uniformly inside the normaliser's recorded [min, max] per key (uint8
+    noise for cameras): inputs for benchmarks and tests of random-weight policies."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        obs = {}
+        for key, (shape, kind) in policy.obs_spec.items():
+            size = (policy.n_obs_steps, *shape)
+            if kind == "rgb":
+                obs[key] = rng.integers(0, 256, size=size, dtype=np.uint8)
+            else:
+                stats = policy.normalizer.params_dict[key]["input_stats"]
+                lo, hi = stats["min"].cpu().numpy(), stats["max"].cpu().numpy()
+                obs[key] = rng.uniform(lo, hi, size=size).astype(np.float32)
+        out.append(obs)
+    return out

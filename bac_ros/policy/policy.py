@@ -8,6 +8,7 @@ cache schedule, unnormalises, and returns ``action_pred[offset : offset + n_acti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import numpy as np
 import torch
 
 from bac_ros.cache.engine import DenoisingEngine, plan_flops
-from bac_ros.cache.plans import bac_steps, uniform_plan
+from bac_ros.cache.plans import bac_steps, unified_steps, uniform_plan
 from bac_ros.cache.profile import ProfileResult, profile
-from bac_ros.cache.schedule import Schedule, model_fingerprint, provenance
+from bac_ros.cache.schedule import Schedule, ScheduleError, model_fingerprint, provenance
 from bac_ros.cache.schedulers import build_scheduler
 from bac_ros.models.dpt import TransformerForDiffusion
 from bac_ros.models.normalizer import LinearNormalizer
@@ -101,7 +102,7 @@ class Policy:
         self.obs_spec = {k: (tuple(v["shape"]), v.get("type", "low_dim"))
                          for k, v in pol["obs"].items()}
 
-        self.model = TransformerForDiffusion(**cfg["model"])
+        self.model = self.build_model(cfg["model"])
         _load_strict(self.model, checkpoint.section("model"), "model")
         self.normalizer = LinearNormalizer()
         try:
@@ -122,32 +123,57 @@ class Policy:
         self.normalizer.to(self.device)
         self.set_sampler(cfg["noise_scheduler"], int(pol.get("num_inference_steps", 100)))
         self.fingerprint = model_fingerprint(
-            {k: cfg[k] for k in ("policy", "model", "noise_scheduler", "obs_encoder") if k in cfg},
+            {k: cfg[k] for k in ("policy", "model", "noise_scheduler", "obs_encoder", "backbone")
+             if k in cfg},
             checkpoint.tensors,
         )
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "float32",
                         schedule: str | Path | Schedule | None = None) -> Policy:
-        policy = cls(load_checkpoint(path), device=device, dtype=dtype)
+        checkpoint = load_checkpoint(path)
+        if cls is Policy and checkpoint.config["policy"]["kind"] == "rdt":
+            from bac_ros.policy.vla import VLAPolicy  # a subclass of this one: import it late
+
+            cls = VLAPolicy
+        policy = cls(checkpoint, device=device, dtype=dtype)
         policy.set_schedule(schedule)
         return policy
+
+    @staticmethod
+    def build_model(config: dict) -> torch.nn.Module:
+        """The denoising network from its config (subclasses for other action heads)."""
+        return TransformerForDiffusion(**config)
 
     # -- sampler and schedules -------------------------------------------------------------
     def set_sampler(self, scheduler: dict | str, num_inference_steps: int) -> None:
         """Sample with another diffusers scheduler or step count (e.g. ``"DDIMScheduler"``,
-        10): a type name keeps the training noise schedule. Drops the cache schedule."""
+        10): a type name keeps the training noise schedule. Drops the cache schedule.
+
+        Engines are kept per sampler, so switching back and forth costs nothing (and keeps
+        captured CUDA graphs)."""
         if isinstance(scheduler, str):
-            base = {k: v for k, v in self.config["noise_scheduler"].items()
-                    if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
-                             "clip_sample", "prediction_type")}
-            scheduler = {"type": scheduler, **base}
+            trained = self.config["noise_scheduler"]
+            scheduler = dict(trained) if scheduler == trained["type"] else {
+                "type": scheduler,
+                **{k: v for k, v in trained.items()
+                   if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                            "clip_sample", "prediction_type")},
+            }
         self.scheduler_config = dict(scheduler)
         self.num_inference_steps = int(num_inference_steps)
-        self.engine = DenoisingEngine(self.model, build_scheduler(self.scheduler_config),
-                                      self.num_inference_steps)
+        key = (json.dumps(self.scheduler_config, sort_keys=True), self.num_inference_steps)
+        engines = self.__dict__.setdefault("_engines", {})
+        if key not in engines:
+            engines[key] = DenoisingEngine(self.model, build_scheduler(self.scheduler_config),
+                                           self.num_inference_steps)
+        self.engine = engines[key]
         self.schedule, self.plan, self.schedule_id = None, None, ""
-        self.__dict__.pop("_flops", None)
+
+    def use_trained_sampler(self) -> None:
+        """Back to the checkpoint's own sampler and step count, full compute."""
+        self.set_sampler(self.config["noise_scheduler"],
+                         int(self.config["policy"].get("num_inference_steps", 100)))
 
     @property
     def sampler(self) -> dict:
@@ -155,8 +181,9 @@ class Policy:
                 "num_inference_steps": self.num_inference_steps}
 
     def set_schedule(self, spec: str | Path | Schedule | None) -> None:
-        """``None``/'none'/'' = full compute; 'uniform:N'; a schedule file or object (validated
-        against this model and sampler, else :class:`ScheduleError` and nothing changes)."""
+        """``None``/'none'/'' = full compute with the current sampler; 'uniform:N'; a schedule
+        file or object: validated against this model (else :class:`ScheduleError` and nothing
+        changes), and sampled with the sampler and step count it was compiled for."""
         if spec is None or str(spec) in ("", "none", "full"):
             self.schedule, self.plan, self.schedule_id = None, None, ""
             return
@@ -171,8 +198,20 @@ class Policy:
             self.schedule, self.plan, self.schedule_id = None, plan, spec
             return
         sched = spec if isinstance(spec, Schedule) else Schedule.load(spec)
-        plan = sched.validate_for(self.fingerprint, self.sampler["type"],
-                                  self.num_inference_steps, self.engine.blocks)
+        saved = {k: self.__dict__[k] for k in ("scheduler_config", "num_inference_steps",
+                                               "engine", "schedule", "plan", "schedule_id")}
+        try:
+            if sched.sampler != self.sampler:  # the schedule names the sampler it was made for
+                self.set_sampler(str(sched.sampler.get("type")), sched.num_steps)
+            plan = sched.validate_for(self.fingerprint, self.sampler["type"],
+                                      self.num_inference_steps, self.engine.blocks)
+        except (ValueError, KeyError, AttributeError) as e:
+            self.__dict__.update(saved)  # a refused schedule changes nothing
+            if isinstance(e, ScheduleError):
+                raise
+            raise ScheduleError(
+                f"schedule asks for sampler {sched.sampler}, which cannot be built here ({e})"
+            ) from None
         self.schedule, self.plan, self.schedule_id = sched, plan, sched.id
 
     # -- observations ----------------------------------------------------------------------
@@ -201,15 +240,19 @@ class Policy:
             raise ObservationError(f"observation {key!r} contains NaN or inf")
         return t.to(self.device)
 
-    def conditions(self, obs: Mapping[str, np.ndarray], batched: bool = False) -> torch.Tensor:
-        """Normalised observation features (B, To, D): the model condition (or inpainted obs)."""
+    def normalized(self, obs: Mapping[str, np.ndarray], batched: bool) -> dict[str, torch.Tensor]:
+        """Each observation key checked and normalised: (B, To, ...) tensors."""
         missing = [k for k in self.obs_spec if k not in obs]
         if missing:
             raise ObservationError(
                 f"observation is missing {missing}; the policy expects keys {list(self.obs_spec)}"
             )
-        nobs = {k: self.normalizer.normalize(k, self._obs_tensor(k, obs[k], batched))
+        return {k: self.normalizer.normalize(k, self._obs_tensor(k, obs[k], batched))
                 for k in self.obs_spec}
+
+    def conditions(self, obs: Mapping[str, np.ndarray], batched: bool = False) -> torch.Tensor:
+        """Normalised observation features (B, To, D): the model condition (or inpainted obs)."""
+        nobs = self.normalized(obs, batched)
         B = next(iter(nobs.values())).shape[0]
         with torch.inference_mode():
             if self.obs_encoder is not None:
@@ -267,29 +310,55 @@ class Policy:
 
     def compile_schedule(self, result: ProfileResult, budget: int = 10, top_k: int = 5,
                          metric: str = "cosine", last_step: bool = True,
-                         source: str = "") -> Schedule:
-        steps, selected = bac_steps(result.mean[metric], result.errors, result.blocks, budget,
-                                    metric, top_k, last_step)
+                         source: str = "", allocation: str = "per_block") -> Schedule:
+        """A schedule from a profile of this policy's current sampler. ``allocation``:
+        ``per_block`` is BAC (ACS with ``budget`` updates per block -> BUA -> final step);
+        ``shared`` spends the same total FLOPs across blocks by ACS gain (then BUA, final step);
+        ``unified`` is the paper's ablation, one ACS solution for every block."""
+        sim = result.mean[metric]
+        if sim.shape[-1] != self.num_inference_steps:
+            raise ValueError(
+                f"the profile covers {sim.shape[-1]} steps but the policy samples with "
+                f"{self.num_inference_steps}; profile with the sampler to compile for"
+            )
         names = [b.name for b in result.blocks]
+        selected: list[int] = []
+        if allocation == "unified":
+            steps, top_k = unified_steps(sim, budget, metric, last_step), 0
+            name = f"unified_s{budget}"
+        elif allocation in ("per_block", "shared"):
+            if allocation == "shared" and "_flops" not in self.__dict__:
+                self.flop_ratio(None)  # measures the per-block FLOPs
+            steps, selected = bac_steps(sim, result.errors, result.blocks, budget, metric, top_k,
+                                        last_step,
+                                        self._flops[0] if allocation == "shared" else None)
+            name = f"{'shared' if allocation == 'shared' else 'bac'}_s{budget}_k{top_k}"
+        else:
+            raise ValueError(
+                f"allocation is {allocation!r}; expected per_block, shared or unified"
+            )
         return Schedule(
             fingerprint=self.fingerprint,
             sampler=self.sampler,
             steps=dict(zip(names, steps)),
-            method={"name": f"bac_s{budget}_k{top_k}", "metric": metric, "budget": budget,
-                    "top_k": top_k, "bua_blocks": [names[i] for i in selected],
-                    "force_last_step": last_step},
+            method={"name": name, "metric": metric, "budget": budget, "top_k": top_k,
+                    "bua_blocks": [names[i] for i in selected], "force_last_step": last_step,
+                    "allocation": allocation},
             provenance=provenance(source, result.observations),
         )
+
+    def flop_probe(self) -> tuple[torch.Tensor | None, tuple[int, ...]]:
+        """A one-observation model condition and sample shape to count FLOPs with."""
+        cond = torch.zeros(1, self.n_obs_steps, self.model.config["cond_dim"] or 1,
+                           device=self.device, dtype=self.dtype)
+        return (cond if self.obs_as_cond else None,
+                (1, self.horizon, self.model.config["input_dim"]))
 
     def flop_ratio(self, plan: np.ndarray | None) -> float:
         """FLOPs of full compute with the checkpoint's own sampler (e.g. DDPM-100) over the
         FLOPs of the current sampler under ``plan``: the theoretical speedup."""
         if "_flops" not in self.__dict__:
-            cond = torch.zeros(1, self.n_obs_steps, self.model.config["cond_dim"] or 1,
-                               device=self.device, dtype=self.dtype)
-            cond = cond if self.obs_as_cond else None
-            shape = (1, self.horizon, self.model.config["input_dim"])
-            self._flops = self.engine.measure_flops(cond, shape)
+            self._flops = self.engine.measure_flops(*self.flop_probe())
         K_ref = int(self.config["policy"].get("num_inference_steps", 100))
         full = plan_flops(None, *self._flops, K_ref)
         return full / plan_flops(plan, *self._flops, self.num_inference_steps)

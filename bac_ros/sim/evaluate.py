@@ -111,7 +111,9 @@ class _Episode:
                              float(self.info["effector_error"]))
 
 
-def _lockstep(policy: Policy, episodes: list[_Episode], seed: int, progress) -> None:
+def _batched(policy: Policy, episodes: list[_Episode], seed: int, progress, late: int = 0) -> None:
+    """All episodes as one batch; each chunk's first ``late`` ticks pass with the arm holding
+    its previous target (0: lockstep)."""
     rounds = 0
     while not all(e.done for e in episodes):
         batch = {k: np.stack([e.window()[k] for e in episodes]) for k in policy.obs_spec}
@@ -122,7 +124,7 @@ def _lockstep(policy: Policy, episodes: list[_Episode], seed: int, progress) -> 
             if e.done:
                 continue
             e.chunks += 1
-            for a in chunk:
+            for a in [e.target] * min(late, len(chunk)) + list(chunk[late:]):
                 e.act(a)
                 if e.done:
                     progress(1)
@@ -168,10 +170,14 @@ def evaluate(
     mode: str = "lockstep",
     task: ArmTaskConfig | None = None,
     progress: Callable[[int], None] | None = None,
+    latency_ms: float | None = None,
 ) -> dict:
     """Run ``episodes`` episodes with reset seeds ``seed .. seed + episodes - 1``.
 
-    The default seeds lie far above the demonstration seeds (0 .. a few hundred).
+    The default seeds lie far above the demonstration seeds (0 .. a few hundred). In realtime
+    mode, ``latency_ms`` replaces the live per-chunk measurement by a fixed latency (e.g. the
+    median measured side by side with other methods): episodes then run batched, and the
+    result no longer depends on how busy the machine is while it runs.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -181,9 +187,14 @@ def evaluate(
     eps = [_Episode(policy, task, seed + i, images) for i in range(episodes)]
     progress = progress or (lambda n: None)
     t0 = time.perf_counter()
-    (_lockstep if mode == "lockstep" else _realtime)(policy, eps, seed, progress)
-    if mode == "lockstep":  # the batch hid per-observation latency: time batch 1 separately
-        latency = _batch1_latency(policy, eps[0].window())
+    if mode == "realtime" and latency_ms is None:
+        _realtime(policy, eps, seed, progress)
+    else:
+        late = 0 if mode == "lockstep" else int(latency_ms * 1e-3 // policy.dt)
+        _batched(policy, eps, seed, progress, late)
+        # the batch hid per-observation latency: time batch 1 separately (or take the given one)
+        latency = (latency_ms * 1e-3 if latency_ms is not None
+                   else _batch1_latency(policy, eps[0].window()))
         for e in eps:
             e.latencies = [latency]
     results = [e.result() for e in eps]
@@ -193,6 +204,7 @@ def evaluate(
     return {
         "method": method,
         "mode": mode,
+        "fixed_latency": latency_ms is not None,
         "episodes": episodes,
         "seed": seed,
         "success_rate": n_success / episodes,

@@ -1,0 +1,456 @@
+"""`make bench`: every sampling method side by side, in one run on this machine.
+
+    python bench/run_bench.py [--quick] [--device auto] [--episodes 200]
+
+Writes docs/BENCHMARKS.md, docs/bench.json and docs/plots/bench/*.png from scratch (on CUDA:
+docs/BENCHMARKS_<card>.md and docs/bench_<card>.json). For each bundled checkpoint:
+
+* methods: full DDPM-100; DDIM-10/16/25; uniform caching at the update budgets of BAC; BAC at
+  S = 5, 7, 10, 15 with k = 5 and k = 0 (no BUA); the unified schedule (one ACS solution for all
+  blocks, the paper's ablation); BAC compiled on DDIM-25;
+* batch-1 ``predict`` latency (median, p95; methods interleaved round by round so machine noise
+  hits all alike), speedup over full, FLOP ratio, achieved / theoretical;
+* action error against full compute with the same noise (MSE, max abs) on recorded
+  observations of expert demonstrations (never the evaluation seeds);
+* closed-loop success on the same seeds for all methods, lockstep and real time (the world
+  moves on at 10 Hz during the median latency measured here);
+* profiling + schedule compilation time and peak memory; the policy node's overhead per chunk.
+
+``--quick`` runs a subset of methods with few episodes (development; under 10 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman  # noqa: E402
+from bac_ros.policy.policy import Policy  # noqa: E402
+from bac_ros.sim.dataset import generate_demos, observation_windows  # noqa: E402
+from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from node_overhead import measure as node_overhead  # noqa: E402
+
+FAMILIES = ("full", "DDIM", "uniform", "BAC k=5", "BAC k=0", "unified", "BAC on DDIM")
+COLOURS = dict(zip(FAMILIES, ("black", "tab:blue", "tab:gray", "tab:red", "tab:orange",
+                              "tab:purple", "tab:green")))
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms)."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def device_label(policy: Policy) -> str:
+    if policy.device.type == "cuda":
+        return torch.cuda.get_device_name(policy.device)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool) -> tuple:
+    """Profile, compile every schedule; return ({name: (family, method)}, cost report)."""
+    budgets = (10,) if quick else (5, 7, 10, 15)
+    K = policy.num_inference_steps
+    methods = {"full (DDPM-100)": ("full", "full")}
+    for n in ((10, 25) if quick else (10, 16, 25)):
+        methods[f"DDIM-{n}"] = ("DDIM", f"ddim:{n}")
+    folder.mkdir(parents=True, exist_ok=True)
+    cost = {}
+    with PeakRSS() as mem:
+        if policy.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(policy.device)
+        t0 = time.perf_counter()
+        result = policy.profile(obs, batch_size=16)
+        cost["profile_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        compiled = []
+        for S in budgets:
+            for k in (5, 0):
+                compiled.append((f"BAC S={S} k={k}", f"BAC k={k}",
+                                 policy.compile_schedule(result, S, k, source="expert demos")))
+            compiled.append((f"unified S={S}", "unified",
+                             policy.compile_schedule(result, S, allocation="unified")))
+        cost["compile_s_per_schedule"] = (time.perf_counter() - t0) / len(compiled)
+    cost["observations"] = len(obs)
+    cost["peak_rss_mb"] = mem.peak / 2**20
+    cost["rss_growth_mb"] = (mem.peak - mem.base) / 2**20
+    if policy.device.type == "cuda":
+        cost["cuda_peak_mb"] = torch.cuda.max_memory_allocated(policy.device) / 2**20
+    for S in budgets:
+        every = max(1, round(K / S))
+        methods[f"uniform:{every}"] = ("uniform", f"uniform:{every}")
+    for name, family, sched in compiled:
+        methods[name] = (family, f"bac:{sched.save(folder / (sched.method['name'] + '.yaml'))}")
+    policy.set_sampler("DDIMScheduler", 25)  # BAC on top of a deterministic few-step sampler
+    ddim = policy.profile(obs, batch_size=16)
+    for S in ((10,) if quick else (5, 10)):
+        sched = policy.compile_schedule(ddim, S, 5, source="expert demos")
+        path = sched.save(folder / f"ddim25_{sched.method['name']}.yaml")
+        methods[f"DDIM-25 + BAC S={S}"] = ("BAC on DDIM", f"bac:{path}")
+    policy.use_trained_sampler()
+    return methods, cost
+
+
+def time_methods(policy: Policy, methods: dict, obs: dict, repeats: int) -> dict:
+    sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
+    times = {name: [] for name in methods}
+    for r in range(repeats + 2):  # two warm-up rounds (CUDA graph capture happens there)
+        for name, (_, method) in methods.items():
+            apply_method(policy, method)
+            sync()
+            t0 = time.perf_counter()
+            policy.predict(obs, seed=r)
+            sync()
+            if r >= 2:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def action_errors(policy: Policy, methods: dict, obs: list[dict]) -> dict:
+    batch = {k: np.stack([o[k] for o in obs]) for k in policy.obs_spec}
+    out, ref = {}, None
+    for name, (_, method) in methods.items():
+        apply_method(policy, method)
+        pred = policy.predict(batch, generator=torch.Generator().manual_seed(0), batched=True)
+        ref = pred if ref is None else ref  # the first method is full compute
+        err = pred - ref
+        out[name] = {"mse": float(np.mean(err**2)), "max_abs": float(np.abs(err).max())}
+    return out
+
+
+def fidelity_scores(policy: Policy, methods: dict, obs: list[dict], n_samples: int) -> dict:
+    """Offline fidelity of every method against full compute (see bac_ros.policy.fidelity)."""
+    apply_method(policy, "full")
+    reference = draw_chunks(policy, obs, n_samples, seed=1000)
+    out = {}
+    for name, (_, method) in methods.items():
+        apply_method(policy, method)
+        out[name] = fidelity(reference, draw_chunks(policy, obs, n_samples, seed=2000),
+                             draw_chunks(policy, obs, n_samples, seed=1000))
+    return out
+
+
+def validation(rows: list[dict]) -> dict:
+    """Does the offline measure rank methods as closed-loop success does?"""
+    succ = [r["success_lockstep"]["success_rate"] for r in rows]
+    return {"spearman_energy": spearman([-r["fidelity_energy"] for r in rows], succ),
+            "spearman_same_noise_rmse": spearman([-r["fidelity_rmse"] for r in rows], succ),
+            "spearman_action_mse": spearman([-r["action_mse"] for r in rows], succ),
+            "methods": len(rows)}
+
+
+def diff_interval(a: dict, b: dict) -> tuple[float, float, float]:
+    """Success difference a - b with Newcombe's 95% interval (from the Wilson intervals)."""
+    pa, pb = a["success_rate"], b["success_rate"]
+    (la, ua), (lb, ub) = a["ci95"], b["ci95"]
+    d = pa - pb
+    return d, d - math.hypot(pa - la, ub - pb), d + math.hypot(ua - pa, pb - lb)
+
+
+def verdict(rows: list[dict], mode: str) -> list[str]:
+    """At each latency budget: the method with the most success, and its lead over the best
+    method of every other family inside the same budget."""
+    full = next(r for r in rows if r["family"] == "full")
+    key = f"success_{mode}"
+    lines = []
+    for speedup in (1.0, 2.0, 3.4, 5.0, 8.0):
+        budget = full["median_ms"] / speedup * 1.0001
+        inside = [r for r in rows if r["median_ms"] <= budget]
+        if not inside:
+            lines.append(f"- at ≥{speedup:g}× speedup (≤ {budget:.1f} ms): no method is that fast.")
+            continue
+        best = max(inside, key=lambda r: (r[key]["success_rate"], -r["median_ms"]))
+        rest = {}
+        for r in inside:
+            if r["family"] != best["family"]:
+                cur = rest.get(r["family"])
+                if cur is None or r[key]["success_rate"] > cur[key]["success_rate"]:
+                    rest[r["family"]] = r
+        lo, hi = best[key]["ci95"]
+        text = (f"- at ≥{speedup:g}× speedup (≤ {budget:.1f} ms): **{best['name']}** keeps "
+                f"{best[key]['success_rate']:.1%} [{lo:.1%}, {hi:.1%}]")
+        leads = []
+        for r in sorted(rest.values(), key=lambda r: -r[key]["success_rate"]):
+            d, dlo, dhi = diff_interval(best[key], r[key])
+            sure = "" if dlo > 0 else " (interval includes 0: not a clear lead)"
+            leads.append(f"{d * 100:+.1f} points [{dlo * 100:+.1f}, {dhi * 100:+.1f}] over "
+                         f"{r['name']}{sure}")
+        lines.append(text + ("; " + "; ".join(leads) if leads else "") + ".")
+    return lines
+
+
+def plot_frontier(model: str, rows: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, mode in zip(axes, ("lockstep", "realtime")):
+        key = f"success_{mode}"
+        for r in rows:
+            s = r[key]["success_rate"]
+            lo, hi = r[key]["ci95"]
+            ax.errorbar(r["median_ms"], s * 100, yerr=[[100 * (s - lo)], [100 * (hi - s)]],
+                        fmt="o", color=COLOURS[r["family"]], capsize=2, ms=4)
+            ax.annotate(r["name"], (r["median_ms"], s * 100), fontsize=6,
+                        xytext=(3, 2), textcoords="offset points")
+        pts = sorted(rows, key=lambda r: r["median_ms"])
+        front, best = [], -1.0
+        for r in pts:
+            if r[key]["success_rate"] > best:
+                best = r[key]["success_rate"]
+                front.append(r)
+        ax.step([r["median_ms"] for r in front], [r[key]["success_rate"] * 100 for r in front],
+                where="post", color="k", lw=0.8, alpha=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("median batch-1 latency (ms, log)")
+        ax.set_title(f"{model}: {mode}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("success (%), 95% CI")
+    for fam in FAMILIES:
+        axes[1].plot([], [], "o", color=COLOURS[fam], label=fam)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_errors(model: str, rows: list[dict], path: Path) -> None:
+    rows = [r for r in rows if r["family"] != "full"]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.2))
+    y = np.arange(len(rows))
+    ax.barh(y, [r["action_mse"] for r in rows], color=[COLOURS[r["family"]] for r in rows])
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("action MSE vs full compute, same noise (rad², log)")
+    ax.set_title(f"{model}: action error per method")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
+    policy = Policy.from_pretrained(ckpt, device=args.device)
+    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
+    data = generate_demos(args.demos, seed=0, with_images=images)
+    keys, To = list(policy.obs_spec), policy.n_obs_steps
+    profile_obs = observation_windows(data, keys, To, args.profile_obs, seed=0)
+    error_obs = observation_windows(data, keys, To, args.error_obs, seed=1)
+    methods, cost = compile_methods(policy, profile_obs, ROOT / "out" / "bench" / ckpt.name,
+                                    args.quick)
+    log(f"{ckpt.name}: {len(methods)} methods; profiling {cost['profile_s']:.1f} s")
+    times = time_methods(policy, methods, error_obs[0], args.repeats)
+    errors = action_errors(policy, methods, error_obs)
+    fid = fidelity_scores(policy, methods, error_obs[: args.fidelity_obs], args.fidelity_samples)
+    log(f"{ckpt.name}: latency, action error and fidelity measured")
+    full_ms = float(np.median(times["full (DDPM-100)"])) * 1e3
+    rows = []
+    for name, (family, method) in methods.items():
+        apply_method(policy, method)
+        med = float(np.median(times[name])) * 1e3
+        ratio = policy.flop_ratio(policy.plan)
+        row = {"name": name, "family": family, "method": method, "median_ms": med,
+               "p95_ms": float(np.percentile(times[name], 95)) * 1e3,
+               "speedup": full_ms / med, "flop_ratio": ratio,
+               "achieved_over_theoretical": full_ms / med / ratio,
+               "action_mse": errors[name]["mse"], "action_max_abs": errors[name]["max_abs"],
+               "fidelity_energy": fid[name]["energy"],
+               "fidelity_energy_sem": fid[name]["energy_sem"],
+               "fidelity_rmse": fid[name]["rmse"], "fidelity_step_rmse": fid[name]["step_rmse"]}
+        for mode in ("lockstep", "realtime"):
+            if mode == "realtime" and med < policy.dt * 1e3:  # on time: same run as lockstep
+                row["success_realtime"] = dict(row["success_lockstep"], same_as_lockstep=True)
+                continue
+            r = evaluate(policy, method, args.episodes, args.seed, mode,
+                         latency_ms=med if mode == "realtime" else None)
+            row[f"success_{mode}"] = {k: r[k] for k in ("success_rate", "ci95",
+                                                         "collision_rate", "wall_s")}
+        rows.append(row)
+        log(f"  {name:<20} {med:7.1f} ms {row['speedup']:5.2f}x  lockstep "
+            f"{row['success_lockstep']['success_rate']:.1%}  realtime "
+            f"{row['success_realtime']['success_rate']:.1%}  mse {row['action_mse']:.2e}")
+    bac10 = next(r for r in rows if r["name"] == "BAC S=10 k=5")
+    overhead = node_overhead(ckpt, bac10["method"].split(":", 1)[1], args.node_chunks) \
+        if policy.device.type == "cpu" or args.node_on_cuda else None
+    plot_frontier(ckpt.name, rows, plots / f"{ckpt.name}_frontier.png")
+    plot_errors(ckpt.name, rows, plots / f"{ckpt.name}_action_error.png")
+    return {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy),
+            "cost": cost, "rows": rows, "node_overhead": overhead, "validation": validation(rows)}
+
+
+def _pct(r: dict) -> str:
+    lo, hi = r["ci95"]
+    return f"{r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}]"
+
+
+def report(results: list[dict], args, meta: dict, out: Path, plots: Path) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{meta['command']}` in {meta['wall_min']:.1f} min on {meta['device']} "
+        f"({meta['date']}, commit `{meta['commit']}`). Everything below comes from that one run; "
+        "rerun the command to regenerate this file, `docs/bench.json` and the plots.",
+        "",
+        f"Latency: batch-1 `Policy.predict`, {args.repeats} rounds with all methods interleaved "
+        "(median and p95). Speedup: full median over the method's median. FLOP ratio: "
+        "theoretical speedup from counted FLOPs; achieved/theory = speedup / FLOP ratio. "
+        f"Action error: MSE and max |Δ| (radians) of the executed chunk against full compute "
+        f"with the same noise, over {args.error_obs} recorded observations (expert "
+        f"demonstrations, seed ≥ 0). Success: {args.episodes} episodes, seeds "
+        f"{args.seed}..{args.seed + args.episodes - 1}, identical for every method, 95% Wilson "
+        "interval. Lockstep: the world waits for each chunk. Real time: the world moves on at "
+        "10 Hz while the model computes for its median latency measured here, the arm holding "
+        "its last target, and the actions whose time has passed are skipped; a method faster "
+        "than one 100 ms tick is on time, and its real-time run is its lockstep run.",
+        "",
+    ]
+    for res in results:
+        name = Path(res["checkpoint"]).name
+        c = res["cost"]
+        lines += [
+            f"## `{res['checkpoint']}`",
+            "",
+            "| method | median ms | p95 ms | speedup | FLOP ratio | achieved/theory | "
+            "action MSE | max abs | energy dist. | lockstep success | real-time success |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in res["rows"]:
+            lines.append(
+                f"| {r['name']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | "
+                f"{r['speedup']:.2f}× | {r['flop_ratio']:.2f}× | "
+                f"{r['achieved_over_theoretical']:.0%} | {r['action_mse']:.2e} | "
+                f"{r['action_max_abs']:.3f} | {r['fidelity_energy']:.4f} | "
+                f"{_pct(r['success_lockstep'])} | "
+                f"{_pct(r['success_realtime'])} |")
+        lines += [
+            "",
+            f"![frontier](plots/bench/{name}_frontier.png)",
+            f"![action error](plots/bench/{name}_action_error.png)",
+            "",
+            f"Offline fidelity (energy distance between {args.fidelity_samples} chunks from "
+            f"full compute and {args.fidelity_samples} from the method, independent noise, on "
+            f"{args.fidelity_obs} recorded observations; 0 = same distribution; the full row is "
+            f"the noise floor) ranks the methods as lockstep success does with Spearman "
+            f"{res['validation']['spearman_energy']:.2f} over {len(res['rows'])} methods "
+            f"(same-noise RMSE: {res['validation']['spearman_same_noise_rmse']:.2f}; "
+            f"same-noise action MSE: {res['validation']['spearman_action_mse']:.2f}).",
+            "",
+            "**Verdict, lockstep** (which method keeps the most success at each latency budget, "
+            "and by how much, with 95% intervals for the difference):",
+            "",
+            *verdict(res["rows"], "lockstep"),
+            "",
+            "**Verdict, real time:**",
+            "",
+            *verdict(res["rows"], "realtime"),
+            "",
+            f"Profiling {c['observations']} observations (full compute, every block recorded): "
+            f"{c['profile_s']:.1f} s; compiling one schedule from the profile: "
+            f"{c['compile_s_per_schedule'] * 1e3:.1f} ms; peak resident memory during "
+            f"profiling and compilation {c['peak_rss_mb']:.0f} MB (+{c['rss_growth_mb']:.0f} MB)"
+            + (f"; CUDA peak {c['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in c else "") + ".",
+            "",
+        ]
+        o = res["node_overhead"]
+        if o:
+            lines += [
+                f"Policy node overhead (`python bench/node_overhead.py --checkpoint "
+                f"{res['checkpoint']} --schedule <BAC S=10 k=5>`; the node process as on a "
+                f"robot): newest observation received → chunk published, minus model time, "
+                f"median {o['node_overhead_ms_median']:.2f} ms per chunk as the node reports it "
+                f"on /diagnostics; seen from a client in another process (observation published "
+                f"→ chunk received, minus model time, two DDS hops included) median "
+                f"{o['client_overhead_ms_median']:.2f} ms, p95 {o['client_overhead_ms_p95']:.2f}"
+                f" ms over {o['chunks']} chunks (model {o['model_ms_median']:.1f} ms).",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="method subset, few episodes")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--checkpoints", type=Path, nargs="*",
+                    help="default: every folder under checkpoints/")
+    ap.add_argument("--episodes", type=int)
+    ap.add_argument("--seed", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--out", type=Path, help="markdown report (default by device)")
+    ap.add_argument("--node-on-cuda", action="store_true")
+    args = ap.parse_args(argv)
+    args.episodes = args.episodes or (20 if args.quick else 200)
+    args.repeats = args.repeats or (5 if args.quick else 20)
+    args.demos, args.profile_obs, args.error_obs = (20, 16, 16) if args.quick else (60, 64, 64)
+    args.node_chunks = 15 if args.quick else 60
+    args.fidelity_obs, args.fidelity_samples = (8, 16) if args.quick else (32, 16)
+    ckpts = args.checkpoints or sorted(p.parent for p in (ROOT / "checkpoints").glob(
+        "*/config.yaml"))
+    t0 = time.perf_counter()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else args.device if args.device != "auto" else "cpu")
+    slug = "" if device.type == "cpu" else "_" + torch.cuda.get_device_name(device).replace(
+        " ", "_")
+    out = args.out or ROOT / "docs" / f"BENCHMARKS{slug}{'_quick' if args.quick else ''}.md"
+    plots = ROOT / "docs" / "plots" / "bench"
+    plots.mkdir(parents=True, exist_ok=True)
+
+    def log(text):
+        print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {text}", flush=True)
+
+    results = [bench_model(Path(c).resolve(), args, plots, log) for c in ckpts]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                            capture_output=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           text=True, capture_output=True).stdout.strip()
+    meta = {"command": "make bench" + (" BENCH_ARGS=--quick" if args.quick else ""),
+            "device": results[0]["device"] if results else str(device),
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": commit + ("+local changes" if dirty else ""),
+            "wall_min": (time.perf_counter() - t0) / 60}
+    out.write_text(report(results, args, meta, out, plots) + "\n")
+    out.with_name(out.stem.replace("BENCHMARKS", "bench") + ".json").write_text(
+        json.dumps({"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v)
+                                          for k, v in vars(args).items()},
+                    "results": results}, indent=1, default=str))
+    log(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
