@@ -393,9 +393,13 @@ class PolicyNode(LifecycleNode):
             if param.name == "instruction" and param.value:
                 self._set_instruction(param.value)
             if param.name == "schedule" and self.policy is not None:
+                # On the inference thread: a swap never lands in the middle of a chunk. A
+                # schedule file brings its sampler; '' = full compute, the checkpoint's sampler.
                 try:
-                    with self.lock:
-                        self.policy.set_schedule(param.value or None)
+                    if param.value:
+                        self._torch.submit(self.policy.set_schedule, param.value).result()
+                    else:
+                        self._torch.submit(self.policy.use_trained_sampler).result()
                 except Exception as e:
                     return SetParametersResult(successful=False, reason=str(e))
                 self.get_logger().info(

@@ -20,13 +20,14 @@ import numpy as np
 from bac_ros.cache.schedule import Schedule, provenance
 from bac_ros.policy.fidelity import draw_chunks, fidelity
 
-#: (scheduler type, step counts, BAC budgets compiled on top of it; () = full compute only).
-DEFAULT_SPACE: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = (
-    ("DDPMScheduler", (100,), (5, 7, 10, 15, 20)),
-    ("DDPMScheduler", (10, 16, 20, 25, 34, 50), ()),
-    ("DDPMScheduler", (50,), (8, 10, 15)),
-    ("DDIMScheduler", (5, 8, 10, 16, 25), ()),
-    ("DDIMScheduler", (25, 50), (5, 8, 10)),
+#: (scheduler type, step counts, budgets of the schedules compiled on top of it (() = full
+#: compute only), schedule allocations: ``per_block`` BAC and/or ``shared`` FLOP budget).
+DEFAULT_SPACE: tuple[tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...]], ...] = (
+    ("DDPMScheduler", (100,), (5, 7, 10, 15, 20), ("per_block", "shared")),
+    ("DDPMScheduler", (10, 16, 20, 25, 34, 50), (), ()),
+    ("DDPMScheduler", (50,), (8, 10, 15), ("per_block", "shared")),
+    ("DDIMScheduler", (5, 8, 10, 16, 25), (), ()),
+    ("DDIMScheduler", (25, 50), (5, 8, 10), ("per_block",)),
 )
 
 
@@ -59,7 +60,7 @@ def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=D
                log: Callable[[str], None] = print) -> list[Candidate]:
     out, trained = [], (policy.config["noise_scheduler"]["type"],
                         int(policy.config["policy"].get("num_inference_steps", 100)))
-    for kind, counts, budgets in space:
+    for kind, counts, budgets, allocations in space:
         for K in counts:
             policy.set_sampler(kind, K)
             label = f"{kind.removesuffix('Scheduler')}-{K}"
@@ -70,21 +71,30 @@ def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=D
                 result = policy.profile(observations, batch_size=16)
                 log(f"profiled {label} on {len(observations)} observations "
                     f"({time.perf_counter() - t0:.0f} s)")
-                for S in budgets:
-                    if S < K:
-                        sched = policy.compile_schedule(result, S, 5, source="bac tune")
-                        out.append(Candidate(f"{label} + BAC S={S}", sched))
+                for S in (S for S in budgets if S < K):
+                    for alloc in allocations:
+                        sched = policy.compile_schedule(result, S, 5, source="bac tune",
+                                                        allocation=alloc)
+                        what = "BAC" if alloc == "per_block" else alloc
+                        out.append(Candidate(f"{label} + {what} S={S}", sched))
     policy.use_trained_sampler()
     return out
 
 
-def _median_latency(policy, obs, repeats: int) -> float:
-    times = []
+def _latencies(policy, schedules: Sequence[Schedule | None], obs, repeats: int) -> list[float]:
+    """Median batch-1 latency (ms) of each schedule (None: full compute), timed interleaved
+    round by round so that a busy machine slows all of them alike."""
+    times: list[list[float]] = [[] for _ in schedules]
     for r in range(repeats + 1):
-        t0 = time.perf_counter()
-        policy.predict(obs, seed=r)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:])) * 1e3
+        for i, sched in enumerate(schedules):
+            policy.use_trained_sampler()
+            policy.set_schedule(sched)
+            t0 = time.perf_counter()
+            policy.predict(obs, seed=r)
+            if r:
+                times[i].append(time.perf_counter() - t0)
+    policy.use_trained_sampler()
+    return [float(np.median(t)) * 1e3 for t in times]
 
 
 def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
@@ -96,21 +106,20 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
         raise ValueError("give exactly one budget: latency_ms or speedup")
     policy.use_trained_sampler()
     probe = observations[0]
-    full_ms = _median_latency(policy, probe, repeats)
-    budget = latency_ms if latency_ms is not None else full_ms / speedup
-    log(f"full compute {full_ms:.1f} ms; budget {budget:.1f} ms")
+    full_ms = _latencies(policy, [None], probe, repeats)[0]
+    log(f"full compute {full_ms:.1f} ms")
     fid_obs = list(observations[:fidelity_obs])
     reference = draw_chunks(policy, fid_obs, n_samples, seed=1000)
     floor = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000), reference)
     cands = candidates(policy, observations, space, log)
     for c in cands:
-        policy.set_schedule(c.schedule)
+        policy.set_schedule(c.schedule)  # switches to the candidate's sampler
         c.flop_ratio = policy.flop_ratio(policy.plan)
-        if c.flop_ratio * 1.5 < full_ms / budget:  # hopeless even at 150% of the FLOP bound
-            continue
-        c.latency_ms = _median_latency(policy, probe, repeats)
-        c.speedup = full_ms / c.latency_ms
-        if c.latency_ms <= budget:
+        if speedup is not None and c.flop_ratio * 1.5 < speedup:  # hopeless, even at 150% of
+            continue  # the FLOP bound
+        full, c.latency_ms = _latencies(policy, [None, c.schedule], probe, repeats)
+        c.speedup = full / c.latency_ms
+        if (c.latency_ms <= latency_ms) if latency_ms is not None else (c.speedup >= speedup):
             c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000),
                                 draw_chunks(policy, fid_obs, n_samples, seed=1000))
             log(f"{c.name:<24} {c.latency_ms:7.1f} ms {c.speedup:5.2f}x energy "
@@ -120,13 +129,14 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
     if not inside:
         fastest = min((c for c in cands if c.latency_ms == c.latency_ms),
                       key=lambda c: c.latency_ms, default=None)
+        want = f"{latency_ms:.1f} ms" if latency_ms is not None else f"{speedup:g}x speedup"
         raise ValueError(
-            f"no candidate meets {budget:.1f} ms here (full compute takes {full_ms:.1f} ms"
+            f"no candidate meets {want} here (full compute takes {full_ms:.1f} ms"
             + (f"; the fastest, {fastest.name}, takes {fastest.latency_ms:.1f} ms)" if fastest
-               else ")") + "; raise the budget"
+               else ")") + "; loosen the budget"
         )
     best = min(inside, key=lambda c: (c.scores["energy"], c.latency_ms))
-    ref = {"full_ms": full_ms, "budget_ms": budget, "noise_floor": floor,
+    ref = {"full_ms": full_ms, "latency_ms": latency_ms, "speedup": speedup, "noise_floor": floor,
            "fidelity_obs": len(fid_obs), "samples": n_samples}
     return best, cands, ref
 
@@ -136,7 +146,9 @@ def tuned_schedule(best: Candidate, ref: dict, source: str, observations: int) -
     s = best.schedule
     method = dict(s.method)
     method.update({"name": "tuned", "candidate": best.name,
-                   "latency_ms": round(best.latency_ms, 2), "budget_ms": round(ref["budget_ms"], 2),
-                   "speedup": round(best.speedup, 3), "energy": round(best.scores["energy"], 6),
+                   "latency_ms": round(best.latency_ms, 2), "speedup": round(best.speedup, 3),
+                   "budget": ({"latency_ms": ref["latency_ms"]} if ref["latency_ms"] is not None
+                              else {"speedup": ref["speedup"]}),
+                   "energy": round(best.scores["energy"], 6),
                    "noise_floor_energy": round(ref["noise_floor"]["energy"], 6)})
     return Schedule(s.fingerprint, s.sampler, s.steps, method, provenance(source, observations))

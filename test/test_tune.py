@@ -1,0 +1,92 @@
+"""`bac tune`: search samplers and schedules, write the winner as a schedule the policy loads."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from bac_ros.cli import main
+from bac_ros.models.normalizer import LinearNormalizer
+from bac_ros.policy.build import new_checkpoint
+from bac_ros.policy.checkpoint import save_native
+from bac_ros.policy.observations import save_observations
+from bac_ros.policy.policy import Policy
+from bac_ros.policy.tune import every_step_schedule, tune
+
+SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
+             time_as_cond=True, n_cond_layers=0)
+SPACE = (("DDPMScheduler", (12,), (3, 6), ("per_block", "shared")),
+         ("DDIMScheduler", (4,), (), ()))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    norm = LinearNormalizer()
+    norm.fit_limits("state", torch.randn(64, 4))
+    norm.fit_limits("action", torch.randn(64, 2))
+    ckpt = new_checkpoint({"state": {"shape": [4], "type": "low_dim"}}, 2, norm, horizon=8,
+                          n_action_steps=4, model=SMALL, num_inference_steps=12)
+    path = save_native(ckpt, tmp / "p")
+    rng = np.random.default_rng(0)
+    obs = [{"state": rng.normal(size=(2, 4)).astype(np.float32)} for _ in range(6)]
+    return path, obs, tmp
+
+
+def test_tune_scores_every_candidate_and_picks_the_lowest_energy(setup):
+    path, obs, _ = setup
+    policy = Policy.from_pretrained(path, device="cpu")
+    best, cands, ref = tune(policy, obs, latency_ms=1e9, space=SPACE, fidelity_obs=3,
+                            n_samples=4, repeats=1, log=lambda s: None)
+    names = [c.name for c in cands]
+    assert names == ["DDPM-12 + BAC S=3", "DDPM-12 + shared S=3", "DDPM-12 + BAC S=6",
+                     "DDPM-12 + shared S=6", "DDIM-4"]
+    assert all(c.scores for c in cands)  # an unlimited budget admits everyone
+    assert best.scores["energy"] == min(c.scores["energy"] for c in cands)
+    assert ref["noise_floor"]["rmse"] == 0.0  # the reference against itself, same noise
+    # the policy is back on its own sampler, and the winner loads with its sampler
+    assert policy.sampler == {"type": "DDPMScheduler", "num_inference_steps": 12}
+    policy.set_schedule(best.schedule)
+    assert policy.sampler == best.schedule.sampler
+
+
+def test_an_impossible_budget_is_one_clear_error(setup):
+    path, obs, _ = setup
+    policy = Policy.from_pretrained(path, device="cpu")
+    with pytest.raises(ValueError, match="no candidate meets .* ms here .*loosen the budget"):
+        tune(policy, obs, latency_ms=1e-6, space=SPACE, fidelity_obs=2, n_samples=2,
+             repeats=1, log=lambda s: None)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        tune(policy, obs, space=SPACE)
+
+
+def test_every_step_schedule_is_full_compute_of_its_sampler(setup):
+    path, obs, _ = setup
+    policy = Policy.from_pretrained(path, device="cpu")
+    policy.set_sampler("DDIMScheduler", 4)
+    ref = policy.predict(obs[0], seed=3)
+    sched = every_step_schedule(policy)
+    policy.use_trained_sampler()
+    policy.set_schedule(sched)
+    assert policy.sampler["type"] == "DDIMScheduler" and policy.plan.all()
+    np.testing.assert_array_equal(policy.predict(obs[0], seed=3), ref)
+
+
+def test_bac_tune_cli_writes_a_loadable_schedule(setup, capsys):
+    path, obs, tmp = setup
+    save_observations(tmp / "obs.npz", obs)
+    out, report = tmp / "tuned.yaml", tmp / "tune.json"
+    rc = main(["tune", "--checkpoint", str(path), "--observations", str(tmp / "obs.npz"),
+               "--latency-ms", "1e9", "--fidelity-obs", "2", "--samples", "3", "--device", "cpu",
+               "--out", str(out), "--report", str(report)])
+    assert rc == 0
+    data = yaml.safe_load(out.read_text())
+    assert data["method"]["name"] == "tuned" and data["method"]["candidate"]
+    rows = json.loads(report.read_text())["candidates"]
+    assert data["method"]["candidate"] == json.loads(report.read_text())["winner"]
+    assert len(rows) > 10 and all("latency_ms" in r for r in rows)
+    policy = Policy.from_pretrained(path, device="cpu", schedule=out)
+    assert policy.sampler == data["sampler"]
+    assert "wrote" in capsys.readouterr().out
