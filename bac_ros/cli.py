@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--speedup", type=float, help="at least this much faster than full")
     p.add_argument("--joint-names", nargs="+", default=["joint1", "joint2", "joint3"])
     p.add_argument("--max-observations", type=int, default=0)
-    p.add_argument("--fidelity-obs", type=int, default=32)
+    p.add_argument("--fidelity-obs", type=int, default=16)
     p.add_argument("--samples", type=int, default=16, help="chunks per observation and side")
     p.add_argument("--device", default="auto")
     p.add_argument("--report", type=Path, help="JSON with every candidate's figures")

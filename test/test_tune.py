@@ -45,7 +45,7 @@ def test_tune_scores_every_candidate_and_picks_the_lowest_energy(setup):
                      "DDPM-12 + shared S=6", "DDIM-4"]
     assert all(c.scores for c in cands)  # an unlimited budget admits everyone
     assert best.scores["energy"] == min(c.scores["energy"] for c in cands)
-    assert ref["noise_floor"]["rmse"] == 0.0  # the reference against itself, same noise
+    assert ref["noise_floor"]["energy"] <= max(c.scores["energy"] for c in cands)
     # the policy is back on its own sampler, and the winner loads with its sampler
     assert policy.sampler == {"type": "DDPMScheduler", "num_inference_steps": 12}
     policy.set_schedule(best.schedule)

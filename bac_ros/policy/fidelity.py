@@ -8,7 +8,8 @@ from full compute and a set from the candidate, with independent noise, and comp
 the energy distance (Székely & Rizzo): ``2 E|X - Y| - E|X - X'| - E|Y - Y'|``, zero exactly when
 the distributions agree, and sensitive to a missing or extra mode. Within-set terms are
 U-statistics (no self-pairs), so two sets from the same distribution score about 0. Beside it,
-the per-step error of the executed part under the same noise says how far each action moves.
+the per-step error of the executed part under the same noise (:func:`step_rmse`) says how far
+each action moves.
 """
 
 from __future__ import annotations
@@ -49,17 +50,18 @@ def energy_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (2 * xy - xx - yy).numpy()
 
 
-def fidelity(reference: np.ndarray, independent: np.ndarray, same_noise: np.ndarray) -> dict:
-    """Scores of a candidate against full-compute ``reference`` chunks (N, n, T, Da):
-    ``independent`` drawn with other noise (distribution distance), ``same_noise`` with the
-    reference's noise (per-step error of the executed actions)."""
-    energy = energy_distance(reference, independent)
-    step_rmse = np.sqrt(np.mean((same_noise - reference) ** 2, axis=(0, 1, 3)))
-    return {"energy": float(np.mean(energy)),
-            "energy_sem": float(np.std(energy, ddof=1) / np.sqrt(len(energy)))
-            if len(energy) > 1 else 0.0,
-            "step_rmse": step_rmse.tolist(),
-            "rmse": float(np.sqrt(np.mean((same_noise - reference) ** 2)))}
+def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Energy distance of a candidate's chunks to full compute's (both (N, n, T, Da), drawn
+    with independent noise): mean over observations, and its standard error."""
+    energy = energy_distance(reference, candidate)
+    sem = float(np.std(energy, ddof=1) / np.sqrt(len(energy))) if len(energy) > 1 else 0.0
+    return {"energy": float(np.mean(energy)), "energy_sem": sem}
+
+
+def step_rmse(reference: np.ndarray, same_noise: np.ndarray) -> np.ndarray:
+    """Per-step RMSE of the executed actions (..., T, Da) drawn with the reference's noise."""
+    err = (np.asarray(same_noise) - np.asarray(reference)) ** 2
+    return np.sqrt(err.reshape(-1, *err.shape[-2:]).mean(axis=(0, 2)))
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:

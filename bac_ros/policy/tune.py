@@ -99,7 +99,7 @@ def _latencies(policy, schedules: Sequence[Schedule | None], obs, repeats: int) 
 
 def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
          latency_ms: float | None = None, speedup: float | None = None, space=DEFAULT_SPACE,
-         fidelity_obs: int = 32, n_samples: int = 16, repeats: int = 7,
+         fidelity_obs: int = 16, n_samples: int = 16, repeats: int = 7,
          log: Callable[[str], None] = print) -> tuple[Candidate, list[Candidate], dict]:
     """Search ``space``; return (winner, every candidate, reference figures)."""
     if (latency_ms is None) == (speedup is None):
@@ -110,7 +110,7 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
     log(f"full compute {full_ms:.1f} ms")
     fid_obs = list(observations[:fidelity_obs])
     reference = draw_chunks(policy, fid_obs, n_samples, seed=1000)
-    floor = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000), reference)
+    floor = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000))
     cands = candidates(policy, observations, space, log)
     for c in cands:
         policy.set_schedule(c.schedule)  # switches to the candidate's sampler
@@ -120,10 +120,9 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
         full, c.latency_ms = _latencies(policy, [None, c.schedule], probe, repeats)
         c.speedup = full / c.latency_ms
         if (c.latency_ms <= latency_ms) if latency_ms is not None else (c.speedup >= speedup):
-            c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000),
-                                draw_chunks(policy, fid_obs, n_samples, seed=1000))
+            c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000))
             log(f"{c.name:<24} {c.latency_ms:7.1f} ms {c.speedup:5.2f}x energy "
-                f"{c.scores['energy']:.4f} rmse {c.scores['rmse']:.4f}")
+                f"{c.scores['energy']:.4f} ± {c.scores['energy_sem']:.4f}")
     policy.use_trained_sampler()
     inside = [c for c in cands if c.scores]
     if not inside:
