@@ -49,9 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from node_overhead import measure as node_overhead  # noqa: E402
 
-FAMILIES = ("full", "DDIM", "uniform", "BAC k=5", "BAC k=0", "unified", "BAC on DDIM")
+FAMILIES = ("full", "DDIM", "uniform", "BAC k=5", "BAC k=0", "unified", "BAC on DDIM",
+            "bac tune")
 COLOURS = dict(zip(FAMILIES, ("black", "tab:blue", "tab:gray", "tab:red", "tab:orange",
-                              "tab:purple", "tab:green")))
+                              "tab:purple", "tab:green", "tab:cyan")))
 
 
 class PeakRSS:
@@ -85,8 +86,10 @@ def device_label(policy: Policy) -> str:
     return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool) -> tuple:
-    """Profile, compile every schedule; return ({name: (family, method)}, cost report)."""
+def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool,
+                    shipped: Path) -> tuple:
+    """Profile, compile every schedule; return ({name: (family, method)}, cost report). Tuned
+    schedules shipped with the checkpoint (``tuned_*.yaml``, from `bac tune`) join as rows."""
     budgets = (10,) if quick else (5, 7, 10, 15)
     K = policy.num_inference_steps
     methods = {"full (DDPM-100)": ("full", "full")}
@@ -126,6 +129,8 @@ def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool) 
         path = sched.save(folder / f"ddim25_{sched.method['name']}.yaml")
         methods[f"DDIM-25 + BAC S={S}"] = ("BAC on DDIM", f"bac:{path}")
     policy.use_trained_sampler()
+    for path in sorted(shipped.glob("tuned_*.yaml")):
+        methods[f"bac tune ({path.stem})"] = ("bac tune", f"bac:{path}")
     return methods, cost
 
 
@@ -272,7 +277,7 @@ def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
     profile_obs = observation_windows(data, keys, To, args.profile_obs, seed=0)
     error_obs = observation_windows(data, keys, To, args.error_obs, seed=1)
     methods, cost = compile_methods(policy, profile_obs, ROOT / "out" / "bench" / ckpt.name,
-                                    args.quick)
+                                    args.quick, ckpt)
     log(f"{ckpt.name}: {len(methods)} methods; profiling {cost['profile_s']:.1f} s")
     times = time_methods(policy, methods, error_obs[0], args.repeats)
     errors = action_errors(policy, methods, error_obs)

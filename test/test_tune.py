@@ -45,6 +45,9 @@ def test_tune_scores_every_candidate_and_picks_the_lowest_energy(setup):
                      "DDPM-12 + shared S=6", "DDIM-4"]
     assert all(c.scores for c in cands)  # an unlimited budget admits everyone
     assert best.scores["energy"] == min(c.scores["energy"] for c in cands)
+    # each candidate is scored under its own sampler and plan, not the reference's
+    floor = ref["noise_floor"]["energy"]
+    assert all(c.scores["energy"] != floor for c in cands if c.schedule.update_ratio() < 1)
     assert ref["noise_floor"]["energy"] <= max(c.scores["energy"] for c in cands)
     # the policy is back on its own sampler, and the winner loads with its sampler
     assert policy.sampler == {"type": "DDPMScheduler", "num_inference_steps": 12}

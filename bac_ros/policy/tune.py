@@ -120,6 +120,7 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
         full, c.latency_ms = _latencies(policy, [None, c.schedule], probe, repeats)
         c.speedup = full / c.latency_ms
         if (c.latency_ms <= latency_ms) if latency_ms is not None else (c.speedup >= speedup):
+            policy.set_schedule(c.schedule)
             c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000))
             log(f"{c.name:<24} {c.latency_ms:7.1f} ms {c.speedup:5.2f}x energy "
                 f"{c.scores['energy']:.4f} ± {c.scores['energy_sem']:.4f}")
