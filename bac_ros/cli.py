@@ -109,6 +109,11 @@ def _tune(args) -> int:
         Path(args.report).write_text(json.dumps(
             {"winner": best.name, "reference": ref, "candidates": [c.row() for c in cands]},
             indent=1, default=float))
+    if args.keep:
+        for c in cands:
+            if c.scores:
+                name = c.name.lower().replace(" + ", "_").replace(" ", "").replace("=", "")
+                c.schedule.save(Path(args.keep) / f"{name}.yaml")
     return 0
 
 
@@ -326,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=16, help="chunks per observation and side")
     p.add_argument("--device", default="auto")
     p.add_argument("--report", type=Path, help="JSON with every candidate's figures")
+    p.add_argument("--keep", type=Path, help="also save every scored candidate's schedule here")
     p.add_argument("--out", type=Path, required=True, help="schedule YAML to write")
     p.set_defaults(func=_tune)
 

@@ -5,8 +5,10 @@ Candidates: each sampler of the search space with every block computed, and with
 compiled from a profile of that sampler on the given observations. A candidate is inside the
 budget when its median batch-1 latency, measured here side by side with full compute, meets
 ``latency_ms`` (or ``full / speedup``). Inside the budget, the lowest energy distance to full
-compute's chunk distribution wins (:mod:`bac_ros.policy.fidelity`); the report lists every
-candidate so a user can see what was traded.
+compute's chunk distribution wins (:mod:`bac_ros.policy.fidelity`); candidates whose energy is
+statistically tied with the lowest (within two standard errors of the difference) count as
+equally faithful, and the fastest of them is chosen. The report lists every candidate so a user
+can see what was traded.
 """
 
 from __future__ import annotations
@@ -135,7 +137,10 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
             + (f"; the fastest, {fastest.name}, takes {fastest.latency_ms:.1f} ms)" if fastest
                else ")") + "; loosen the budget"
         )
-    best = min(inside, key=lambda c: (c.scores["energy"], c.latency_ms))
+    lowest = min(inside, key=lambda c: c.scores["energy"])
+    tied = [c for c in inside if c.scores["energy"] - lowest.scores["energy"]
+            <= 2 * np.hypot(c.scores["energy_sem"], lowest.scores["energy_sem"])]
+    best = min(tied, key=lambda c: c.latency_ms)
     ref = {"full_ms": full_ms, "latency_ms": latency_ms, "speedup": speedup, "noise_floor": floor,
            "fidelity_obs": len(fid_obs), "samples": n_samples}
     return best, cands, ref
