@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="closed-loop success of a sampling method on the task")
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--method", default="full", help="full | bac:FILE | uniform:N | ddim:N")
+    p.add_argument("--method", default="full", help="full | bac:FILE | uniform:N | ddim:N | ddpm:N")
     p.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep")
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=100_000, help="first episode seed")

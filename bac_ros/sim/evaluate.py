@@ -1,7 +1,8 @@
 """Closed-loop evaluation of a policy on the bundled task, for any sampling method.
 
 Methods: ``full`` (the checkpoint's sampler, every block), ``bac:FILE`` (a schedule file),
-``uniform:N`` (every N-th step, all blocks), ``ddim:N`` (DDIM with N steps, no caching).
+``uniform:N`` (every N-th step, all blocks), ``ddim:N`` / ``ddpm:N`` (DDIM, or stochastic DDPM,
+with N steps, no caching). A schedule file brings its own sampler and step count.
 
 Modes:
 * ``lockstep`` — each chunk is computed from the current observation and the world waits for
@@ -36,6 +37,8 @@ def apply_method(policy: Policy, method: str) -> None:
         policy.set_sampler(base["noise_scheduler"], base["policy"]["num_inference_steps"])
     elif method.startswith("ddim:"):
         policy.set_sampler("DDIMScheduler", _int_arg(method))
+    elif method.startswith("ddpm:"):
+        policy.set_sampler("DDPMScheduler", _int_arg(method))
     elif method.startswith("uniform:"):
         policy.set_sampler(base["noise_scheduler"], base["policy"]["num_inference_steps"])
         policy.set_schedule(method)
@@ -44,7 +47,7 @@ def apply_method(policy: Policy, method: str) -> None:
         policy.set_schedule(method.split(":", 1)[1])
     else:
         raise ValueError(
-            f"unknown method {method!r}; expected full, bac:FILE, uniform:N or ddim:N"
+            f"unknown method {method!r}; expected full, bac:FILE, uniform:N, ddim:N or ddpm:N"
         )
 
 
