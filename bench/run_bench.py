@@ -19,7 +19,8 @@ docs/BENCHMARKS_<card>.md and docs/bench_<card>.json). For each bundled checkpoi
   moves on at 10 Hz during the median latency measured here);
 * profiling + schedule compilation time and peak memory; the policy node's overhead per chunk.
 
-``--quick`` runs a subset of methods with few episodes (development; under 10 minutes).
+``--quick`` runs a subset of methods with few episodes (development; under 10 minutes) and
+writes into out/ instead of docs/.
 """
 
 from __future__ import annotations
@@ -440,8 +441,9 @@ def main(argv=None) -> int:
                           else args.device if args.device != "auto" else "cpu")
     slug = "" if device.type == "cpu" else "_" + torch.cuda.get_device_name(device).replace(
         " ", "_")
-    out = args.out or ROOT / "docs" / f"BENCHMARKS{slug}{'_quick' if args.quick else ''}.md"
-    plots = ROOT / "docs" / "plots" / "bench"
+    docs = ROOT / ("out" if args.quick else "docs")  # a quick run never replaces the docs
+    out = args.out or docs / f"BENCHMARKS{slug}.md"
+    plots = docs / "plots" / "bench"
     plots.mkdir(parents=True, exist_ok=True)
 
     def log(text):
