@@ -363,3 +363,18 @@ def test_compressed_camera_input(ros, image_ckpt):
     finally:
         _stop(node, executor, thread)
     assert (chunks[0].horizon, chunks[0].action_dim) == (4, 3)
+
+
+def test_config_files_list_every_declared_parameter():
+    """The shipped parameter files are the nodes' documentation: none may miss or invent one."""
+    import yaml
+
+    from bac_ros.nodes import policy_node, profiler_node, sim_node
+
+    share = Path(get_package_share_directory("bac_ros")) / "config"
+    for file, node, module in (("policy.yaml", "bac_policy", policy_node),
+                               ("profiler.yaml", None, profiler_node),
+                               ("sim.yaml", None, sim_node)):
+        data = yaml.safe_load((share / file).read_text())
+        section = data[node] if node else next(iter(data.values()))
+        assert set(section["ros__parameters"]) == set(module.PARAMETERS), file
