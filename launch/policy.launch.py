@@ -16,7 +16,9 @@ PACKAGE = "bac_ros"
 EXECUTABLE = "policy_node"
 PARAMS_FILE = "config/policy.yaml"
 DEFAULT_CHECKPOINT = "checkpoints/arm_lowdim"
-DEFAULT_SCHEDULE = "checkpoints/arm_lowdim/bac_s10_k5.yaml"
+# What `bac tune --speedup 5` chose for the bundled policy (DDPM-10: 9.4x faster, full compute's
+# success; docs/FIDELITY.md). bac_s10_k5.yaml beside it is BAC as published.
+DEFAULT_SCHEDULE = "checkpoints/arm_lowdim/tuned_x5.yaml"
 
 
 def generate_launch_description():
@@ -26,12 +28,16 @@ def generate_launch_description():
         DeclareLaunchArgument("checkpoint", default_value=os.path.join(share, DEFAULT_CHECKPOINT),
                               description="policy checkpoint folder or Chi et al. .ckpt"),
         DeclareLaunchArgument("schedule", default_value=os.path.join(share, DEFAULT_SCHEDULE),
-                              description="BAC schedule YAML ('' = full compute)"),
+                              description="schedule YAML: BAC or `bac tune`'s, which brings its "
+                                          "sampler ('' = full compute)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
         DeclareLaunchArgument("image_topic", default_value="image"),
         DeclareLaunchArgument("joint_states_topic", default_value="joint_states"),
         DeclareLaunchArgument("action_chunk_topic", default_value="action_chunk"),
+        DeclareLaunchArgument("instruction", default_value="",
+                              description="VLA heads only: the task instruction"),
+        DeclareLaunchArgument("instruction_topic", default_value="instruction"),
         DeclareLaunchArgument("trajectory_topic", default_value="joint_trajectory",
                               description="e.g. /arm_controller/joint_trajectory"),
         Node(
@@ -43,6 +49,7 @@ def generate_launch_description():
                 "checkpoint": arg("checkpoint"),
                 "schedule": arg("schedule"),
                 "device": arg("device"),
+                "instruction": arg("instruction"),
                 "use_sim_time": arg("use_sim_time"),
             }],
             remappings=[
@@ -50,6 +57,7 @@ def generate_launch_description():
                 ("joint_states", arg("joint_states_topic")),
                 ("action_chunk", arg("action_chunk_topic")),
                 ("joint_trajectory", arg("trajectory_topic")),
+                ("instruction", arg("instruction_topic")),
             ],
         ),
     ])
