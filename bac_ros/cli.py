@@ -99,7 +99,7 @@ def _tune(args) -> int:
     print(f"tuning on {len(observations)} observation histories from {source}")
     best, cands, ref = tune(policy, observations, latency_ms=args.latency_ms,
                             speedup=args.speedup, fidelity_obs=args.fidelity_obs,
-                            n_samples=args.samples)
+                            n_samples=args.samples, refinements=args.refine)
     sched = tuned_schedule(best, ref, source, len(observations))
     out = sched.save(args.out)
     print(f"wrote {out} (id {sched.id}): {best.name}, {best.latency_ms:.1f} ms "
@@ -329,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-observations", type=int, default=0)
     p.add_argument("--fidelity-obs", type=int, default=16)
     p.add_argument("--samples", type=int, default=16, help="chunks per observation and side")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="also refine the best cached schedule with N output-aware proposals")
     p.add_argument("--device", default="auto")
     p.add_argument("--report", type=Path, help="JSON with every candidate's figures")
     p.add_argument("--keep", type=Path, help="also save every scored candidate's schedule here")

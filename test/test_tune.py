@@ -7,13 +7,15 @@ import pytest
 import torch
 import yaml
 
+from bac_ros.cache.schedule import Schedule
 from bac_ros.cli import main
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
+from bac_ros.policy.fidelity import draw_chunks, fidelity
 from bac_ros.policy.observations import save_observations
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.tune import every_step_schedule, tune
+from bac_ros.policy.tune import every_step_schedule, refine, tune
 
 SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
              time_as_cond=True, n_cond_layers=0)
@@ -98,3 +100,32 @@ def test_bac_tune_cli_writes_a_loadable_schedule(setup, capsys):
     policy = Policy.from_pretrained(path, device="cpu", schedule=out)
     assert policy.sampler == data["sampler"]
     assert "wrote" in capsys.readouterr().out
+
+
+def test_refine_never_spends_more_flops_and_only_keeps_improvements(setup):
+    path, obs, _ = setup
+    policy = Policy.from_pretrained(path, device="cpu")
+    reference = draw_chunks(policy, obs[:3], 4, seed=1000)
+    result = policy.profile(obs, batch_size=6)
+    start = policy.compile_schedule(result, 3, 0)
+    found = refine(policy, start, obs[:3], reference, 4, evaluations=12, seed=1,
+                   log=lambda s: None)
+    policy.set_schedule(start)
+    flops_start = policy.flop_ratio(policy.plan)
+    policy.set_schedule(found)
+    assert policy.flop_ratio(policy.plan) >= flops_start - 1e-9  # never more FLOPs
+    assert all(v[0] == 0 for v in found.steps.values())
+    info = found.method["refined"]
+    assert info["search_energy"] <= info["start_energy"]
+    # the recorded search energy is what the kept plan scores on the search noise
+    again = fidelity(reference, draw_chunks(policy, obs[:3], 4, seed=3000))["energy"]
+    assert again == pytest.approx(info["search_energy"])
+    assert isinstance(Schedule.load(found.save(path.parent / "refined.yaml")), Schedule)
+
+
+def test_tune_with_refinement_adds_a_searched_candidate(setup):
+    path, obs, _ = setup
+    policy = Policy.from_pretrained(path, device="cpu")
+    _, cands, _ = tune(policy, obs, latency_ms=1e9, space=SPACE, fidelity_obs=3, n_samples=4,
+                       repeats=1, refinements=5, log=lambda s: None)
+    assert cands[-1].name.endswith(" + search") and cands[-1].scores
