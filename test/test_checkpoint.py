@@ -132,6 +132,12 @@ def test_import_convert_reload_gives_identical_actions(lowdim_ckpt, tmp_path):
     half = Policy.from_pretrained(tmp_path / "fp16", device="cpu")
     assert half.fingerprint != imported.fingerprint
     np.testing.assert_allclose(half.predict(obs, seed=7), a, atol=5e-2)
+    # Saving over a checkpoint replaces each file whole and leaves no temporary files behind.
+    save_native(ckpt, tmp_path / "fp16", weights_dtype=torch.float32)
+    assert sorted(p.name for p in (tmp_path / "fp16").iterdir()) == ["config.yaml",
+                                                                     "model.safetensors"]
+    assert Policy.from_pretrained(tmp_path / "fp16", device="cpu").fingerprint == \
+        imported.fingerprint
 
 
 def test_predict_is_deterministic_and_slices_the_chunk(lowdim_ckpt):

@@ -113,20 +113,8 @@ class Schedule:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically: a crash mid-write never leaves a half file at ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_atomically(path, text.encode())
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:
@@ -168,6 +156,24 @@ class Schedule:
                     f"unique steps starting at 0 and below {K}"
                 )
         return sched
+
+
+def write_atomically(path: str | Path, data: bytes) -> Path:
+    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new
+    one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def provenance(source: str, observations: int) -> dict:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from bac_ros.cache.schedule import yaml_problem
+from bac_ros.cache.schedule import write_atomically, yaml_problem
 from bac_ros.cache.schedulers import DEFAULT_SCHEDULER
 
 FORMAT = "bac_ros/policy"
@@ -74,8 +74,10 @@ def save_native(ckpt: Checkpoint, path: str | Path, weights_dtype: torch.dtype =
             t = t.to(weights_dtype)
         tensors[name] = t.contiguous()
     config = dict(ckpt.config, format=FORMAT, version=VERSION)
-    (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    save_file(tensors, str(path / "model.safetensors"))
+    # Each file is replaced whole, weights first: a crash in between leaves new weights beside
+    # the old config, which loading refuses whenever the architecture changed.
+    write_atomically(path / "model.safetensors", save(tensors))
+    write_atomically(path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
     return path
 
 
