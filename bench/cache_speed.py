@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.observations import load_observations, random_observations
 from bac_ros.policy.policy import Policy
+from bac_ros.policy.timing import time_interleaved
 
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "arm_lowdim"
 
@@ -38,17 +40,8 @@ def random_paper_policy(device: str) -> Policy:
 
 
 def time_plans(policy: Policy, plans: dict, obs: dict, repeats: int) -> dict[str, list[float]]:
-    sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in plans}
-    for r in range(repeats + 2):  # two warm-up rounds (graph capture on CUDA happens there)
-        for name, plan in plans.items():
-            policy.plan = plan
-            sync()
-            t0 = time.perf_counter()
-            policy.predict(obs, seed=r)
-            sync()
-            if r >= 2:
-                times[name].append(time.perf_counter() - t0)
+    times = time_interleaved(policy, {name: partial(setattr, policy, "plan", plan)
+                                      for name, plan in plans.items()}, obs, repeats)
     policy.plan = None
     return times
 

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -46,6 +47,7 @@ import torch  # noqa: E402
 
 from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
 from bac_ros.policy.policy import Policy  # noqa: E402
+from bac_ros.policy.timing import time_interleaved  # noqa: E402
 from bac_ros.sim.dataset import generate_demos, observation_windows  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
 
@@ -144,18 +146,8 @@ def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool,
 
 
 def time_methods(policy: Policy, methods: dict, obs: dict, repeats: int) -> dict:
-    sync = torch.cuda.synchronize if policy.device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in methods}
-    for r in range(repeats + 2):  # two warm-up rounds (CUDA graph capture happens there)
-        for name, (_, method) in methods.items():
-            apply_method(policy, method)
-            sync()
-            t0 = time.perf_counter()
-            policy.predict(obs, seed=r)
-            sync()
-            if r >= 2:
-                times[name].append(time.perf_counter() - t0)
-    return times
+    return time_interleaved(policy, {name: partial(apply_method, policy, method)
+                                     for name, (_, method) in methods.items()}, obs, repeats)
 
 
 def action_errors(policy: Policy, methods: dict, obs: list[dict]) -> dict:

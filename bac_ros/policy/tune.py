@@ -21,6 +21,7 @@ import numpy as np
 
 from bac_ros.cache.schedule import Schedule, provenance
 from bac_ros.policy.fidelity import draw_chunks, fidelity
+from bac_ros.policy.timing import time_interleaved
 
 #: (scheduler type, step counts, budgets of the schedules compiled on top of it (() = full
 #: compute only), schedule allocations: ``per_block`` BAC and/or ``shared`` FLOP budget).
@@ -84,19 +85,18 @@ def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=D
 
 
 def _latencies(policy, schedules: Sequence[Schedule | None], obs, repeats: int) -> list[float]:
-    """Median batch-1 latency (ms) of each schedule (None: full compute), timed interleaved
-    round by round so that a busy machine slows all of them alike."""
-    times: list[list[float]] = [[] for _ in schedules]
-    for r in range(repeats + 1):
-        for i, sched in enumerate(schedules):
+    """Median batch-1 latency (ms) of each schedule (None: full compute), timed interleaved."""
+
+    def setup(sched):
+        def apply():
             policy.use_trained_sampler()
             policy.set_schedule(sched)
-            t0 = time.perf_counter()
-            policy.predict(obs, seed=r)
-            if r:
-                times[i].append(time.perf_counter() - t0)
+        return apply
+
+    times = time_interleaved(policy, {i: setup(s) for i, s in enumerate(schedules)}, obs,
+                             repeats, warmup=1)
     policy.use_trained_sampler()
-    return [float(np.median(t)) * 1e3 for t in times]
+    return [float(np.median(times[i])) * 1e3 for i in range(len(schedules))]
 
 
 def refine(policy, schedule: Schedule, observations: Sequence[Mapping[str, np.ndarray]],
