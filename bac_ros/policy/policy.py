@@ -327,11 +327,9 @@ class Policy:
             steps, top_k = unified_steps(sim, budget, metric, last_step), 0
             name = f"unified_s{budget}"
         elif allocation in ("per_block", "shared"):
-            if allocation == "shared" and "_flops" not in self.__dict__:
-                self.flop_ratio(None)  # measures the per-block FLOPs
             steps, selected = bac_steps(sim, result.errors, result.blocks, budget, metric, top_k,
                                         last_step,
-                                        self._flops[0] if allocation == "shared" else None)
+                                        self.flops()[0] if allocation == "shared" else None)
             name = f"{'shared' if allocation == 'shared' else 'bac'}_s{budget}_k{top_k}"
         else:
             raise ValueError(
@@ -357,8 +355,12 @@ class Policy:
     def flop_ratio(self, plan: np.ndarray | None) -> float:
         """FLOPs of full compute with the checkpoint's own sampler (e.g. DDPM-100) over the
         FLOPs of the current sampler under ``plan``: the theoretical speedup."""
+        K_ref = int(self.config["policy"].get("num_inference_steps", 100))
+        full = plan_flops(None, *self.flops(), K_ref)
+        return full / plan_flops(plan, *self.flops(), self.num_inference_steps)
+
+    def flops(self) -> tuple:
+        """(per-block FLOPs of one step, the always-run rest), counted once per model."""
         if "_flops" not in self.__dict__:
             self._flops = self.engine.measure_flops(*self.flop_probe())
-        K_ref = int(self.config["policy"].get("num_inference_steps", 100))
-        full = plan_flops(None, *self._flops, K_ref)
-        return full / plan_flops(plan, *self._flops, self.num_inference_steps)
+        return self._flops

@@ -109,8 +109,7 @@ def refine(policy, schedule: Schedule, observations: Sequence[Mapping[str, np.nd
     a seed the caller's final scoring does not use."""
     rng = np.random.default_rng(seed)
     policy.set_schedule(schedule)
-    policy.flop_ratio(None)  # measures per-block FLOPs once
-    block_flops = dict(zip((b.name for b in policy.engine.blocks), policy._flops[0]))
+    block_flops = dict(zip((b.name for b in policy.engine.blocks), policy.flops()[0]))
     names, K = list(schedule.steps), schedule.num_steps
 
     def score(steps: dict) -> float:
