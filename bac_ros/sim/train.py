@@ -33,7 +33,11 @@ VARIANTS = {
     "image": {"image": {"shape": [3, 96, 96], "type": "rgb"},
               "joints": {"shape": [3], "type": "low_dim"}},
 }
-IMAGE_ENCODER = {"type": "small_cnn", "crop_shape": [88, 88]}
+# No crop: the camera is fixed and actions are absolute joint targets, so a random crop's shift
+# (robomimic's augmentation) would blur exactly the target position the arm must reach.
+IMAGE_ENCODER = {"type": "small_cnn", "crop_shape": None}
+# Spatial-softmax pixel grids: buffers fixed by the image size, rebuilt rather than transferred.
+_GRID_BUFFERS = (".pos_x", ".pos_y")
 JOINT_NAMES = ["joint1", "joint2", "joint3"]
 RESUMABLE_CHANGES = ("steps", "save_every")  # a run may be resumed with more steps
 
@@ -54,6 +58,10 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: dict(PAPER_MODEL))
     seed: int = 0
     save_every: int = 500
+    # Image variant: weight of an auxiliary loss that regresses the simulator's low-dim state
+    # (target and obstacle positions) from the encoder's features. Training-only supervision that
+    # teaches the encoder where things are; the head is dropped and the policy sees camera + joints.
+    aux_state_weight: float = 0.0
 
 
 class EMA:
@@ -78,10 +86,12 @@ class EMA:
 class Nets(nn.Module):
     """What training updates: the noise model and (image variant) the observation encoder."""
 
-    def __init__(self, model: nn.Module, obs_encoder: nn.Module | None):
+    def __init__(self, model: nn.Module, obs_encoder: nn.Module | None,
+                 aux_head: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.obs_encoder = obs_encoder
+        self.aux_head = aux_head
 
 
 def _normalizer(data: dict, obs: dict) -> LinearNormalizer:
@@ -104,6 +114,26 @@ def build_initial(cfg: TrainConfig, data: dict, task: ArmTaskConfig) -> Checkpoi
         scheduler=DEFAULT_SCHEDULER, num_inference_steps=100, dt=task.dt,
         action_names=JOINT_NAMES, seed=cfg.seed,
     )
+
+
+def _transferable(start: Checkpoint, target: Checkpoint) -> dict[str, torch.Tensor]:
+    """The tensors of ``start`` that initialise ``target``: all weights, not the normaliser.
+
+    Spatial-softmax grids follow the image size of ``target`` (e.g. when the crop changes); any
+    other tensor whose shape differs is an error rather than a silent skip.
+    """
+    out = {}
+    for key, value in start.tensors.items():
+        if key.startswith("normalizer."):
+            continue
+        want = target.tensors.get(key)
+        if want is not None and want.shape != value.shape:
+            if key.endswith(_GRID_BUFFERS):
+                continue
+            raise ValueError(f"cannot start from this checkpoint: {key} has shape "
+                             f"{tuple(value.shape)}, this training run expects {tuple(want.shape)}")
+        out[key] = value
+    return out
 
 
 def _to_chw_float(images: torch.Tensor) -> torch.Tensor:
@@ -138,17 +168,23 @@ def train(
         start = load_native(init)
         if start.config["model"] != init_ckpt.config["model"]:
             raise ValueError(f"{init} has another model config than this training run")
-        init_ckpt.tensors.update({k: v for k, v in start.tensors.items()
-                                  if not k.startswith("normalizer.")})
+        init_ckpt.tensors.update(_transferable(start, init_ckpt))
         init_ckpt.config["source"] = {"fine_tuned_from": start.config.get("training")}
     init = init_ckpt
     policy = Policy(init, device="cpu")  # builds modules + normaliser from the config
-    nets = Nets(policy.model, policy.obs_encoder).to(dev).train()
-    norm = policy.normalizer.to(dev)
     obs_keys = list(VARIANTS[cfg.variant])
+    aux = cfg.aux_state_weight > 0 and policy.obs_encoder is not None
+    if cfg.aux_state_weight > 0 and not aux:
+        raise ValueError("aux_state_weight needs the image variant (an encoder to supervise)")
+    aux_head = nn.Linear(policy.model.config["cond_dim"], data["state"].shape[-1]) if aux else None
+    nets = Nets(policy.model, policy.obs_encoder, aux_head).to(dev).train()
+    norm = policy.normalizer.to(dev)
     sampler = SequenceSampler(data, cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps,
                               obs_keys=obs_keys)
     fields = {k: torch.as_tensor(data[k]).to(dev) for k in (*obs_keys, "action")}
+    if aux:
+        state = torch.as_tensor(data["state"]).float()
+        fields["aux"] = ((state - state.mean(0)) / state.std(0).clamp_min(1e-6)).to(dev)
     index = torch.as_tensor(sampler.indices).to(dev)
 
     decay, no_decay = [], []
@@ -196,7 +232,7 @@ def train(
     T = noise_sched.config.num_train_timesteps
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.variant}", unit="step")
     t_start = time.perf_counter() - elapsed
-    losses = []
+    losses, aux_losses = [], []
     try:
         while step < cfg.steps:
             if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
@@ -220,7 +256,12 @@ def train(
             t = torch.randint(0, T, (action.shape[0],), device=dev, generator=gen)
             a = alphas[t][:, None, None]
             noisy = a.sqrt() * action + (1 - a).sqrt() * noise
-            loss = nn.functional.mse_loss(nets.model(noisy, t, cond), noise)
+            diffusion_loss = nn.functional.mse_loss(nets.model(noisy, t, cond), noise)
+            loss = diffusion_loss
+            if aux:
+                aux_loss = nn.functional.mse_loss(nets.aux_head(cond), fields["aux"][obs_rows])
+                loss = loss + cfg.aux_state_weight * aux_loss
+                aux_losses.append(aux_loss.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(nets.parameters(), 1.0)
@@ -228,10 +269,11 @@ def train(
             sched_lr.step()
             ema.update(nets)
             step += 1
-            losses.append(loss.item())
+            losses.append(diffusion_loss.item())
             bar.update(1)
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}",
+                                **({"aux": f"{np.mean(aux_losses[-50:]):.4f}"} if aux else {}))
             if step % cfg.save_every == 0:
                 elapsed = time.perf_counter() - t_start
                 save_state()
