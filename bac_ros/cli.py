@@ -194,6 +194,19 @@ def _record(args) -> int:
     return 0
 
 
+def _distill(args) -> int:
+    from bac_ros.policy.checkpoint import save_native
+    from bac_ros.sim.dataset import generate_demos, load_npz
+    from bac_ros.sim.distill import distill_image_policy
+
+    data = load_npz(args.demos) if args.demos else generate_demos(args.episodes, seed=0)
+    ckpt = distill_image_policy(args.lowdim, data, args.steps, args.batch_size, args.lr,
+                                args.seed)
+    save_native(ckpt, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _train(args) -> int:
     from bac_ros.sim.dataset import generate_demos, load_npz
     from bac_ros.sim.train import TrainConfig, train
@@ -287,6 +300,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
     p.add_argument("--no-images", action="store_true")
     p.set_defaults(func=_record)
+
+    p = sub.add_parser("distill", help="image DP-T from the low-dim one: a scene-finding "
+                       "encoder trained on rendered scenes + the low-dim transformer")
+    p.add_argument("--lowdim", type=Path, required=True, help="trained low-dim checkpoint")
+    p.add_argument("--demos", type=Path, help="demonstrations npz (arm poses, normaliser)")
+    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--steps", type=int, default=4000, help="encoder training steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="image checkpoint folder to write")
+    p.set_defaults(func=_distill)
 
     p = sub.add_parser("train", help="train DP-T on the bundled task (resumable)")
     p.add_argument("--variant", choices=("lowdim", "image"), default="lowdim")
