@@ -214,8 +214,7 @@ def _train(args) -> int:
     data = (load_npz(args.demos) if args.demos else
             generate_demos(args.episodes, seed=0, with_images=args.variant == "image"))
     cfg = TrainConfig(variant=args.variant, steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps,
-                      aux_state_weight=args.aux_state_weight)
+                      lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps)
     budget = args.max_minutes * 60 if args.max_minutes else None
     train(data, args.out, cfg, device=args.device, resume=not args.restart, time_budget_s=budget,
           init=args.init)
@@ -326,9 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop early after this long")
     p.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tune)")
     p.add_argument("--warmup-steps", type=int, default=500)
-    p.add_argument("--aux-state-weight", type=float, default=0.0,
-                   help="image variant: weight of the auxiliary loss regressing the simulator "
-                        "state (target, obstacle) from the encoder features; training only")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.set_defaults(func=_train)
 

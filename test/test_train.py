@@ -1,4 +1,4 @@
-"""`bac train` on two demonstrations with a tiny DP-T: checkpoints, resume, fine-tune, aux loss."""
+"""`bac train` on two demonstrations with a tiny DP-T: checkpoints, resume, fine-tuning."""
 
 from __future__ import annotations
 
@@ -53,21 +53,13 @@ def test_lowdim_training_writes_a_loadable_checkpoint_and_resumes(demos, tmp_pat
     assert chunk.shape == (8, 3) and np.isfinite(chunk).all()
 
 
-def test_aux_state_loss_trains_the_encoder_and_is_not_saved(demos, tmp_path):
-    cfg = _cfg("image", 2, aux_state_weight=0.5)
-    out = train(demos, tmp_path / "img", cfg, device="cpu", log=_quiet)
+def test_image_training_sees_the_whole_frame_and_writes_a_loadable_checkpoint(demos, tmp_path):
+    out = train(demos, tmp_path / "img", _cfg("image", 2), device="cpu", log=_quiet)
     ck = load_native(out)
-    assert not any("aux" in k for k in ck.tensors)
-    assert set(ck.tensors) == set(build_initial(cfg, demos, ArmTaskConfig()).tensors)
-    state = torch.load(out / "train_state.pt", weights_only=False)
-    assert any(k.startswith("aux_head.") for k in state["nets"])  # resumable with its head
-
+    assert ck.config["obs_encoder"]["crop_shape"] is None
     policy = Policy.from_pretrained(out, device="cpu")
     obs = {"image": demos["image"][:2], "joints": demos["joints"][:2]}
     assert np.isfinite(policy.predict(obs, seed=0)).all()
-    with pytest.raises(ValueError, match="image variant"):
-        train(demos, tmp_path / "low", _cfg("lowdim", 1, aux_state_weight=0.5), device="cpu",
-              log=_quiet)
 
 
 def test_fine_tune_rebuilds_pixel_grids_and_refuses_other_shapes(demos, tmp_path):

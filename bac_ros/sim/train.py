@@ -58,10 +58,6 @@ class TrainConfig:
     model: dict = field(default_factory=lambda: dict(PAPER_MODEL))
     seed: int = 0
     save_every: int = 500
-    # Image variant: weight of an auxiliary loss that regresses the simulator's low-dim state
-    # (target and obstacle positions) from the encoder's features. Training-only supervision that
-    # teaches the encoder where things are; the head is dropped and the policy sees camera + joints.
-    aux_state_weight: float = 0.0
 
 
 class EMA:
@@ -86,12 +82,10 @@ class EMA:
 class Nets(nn.Module):
     """What training updates: the noise model and (image variant) the observation encoder."""
 
-    def __init__(self, model: nn.Module, obs_encoder: nn.Module | None,
-                 aux_head: nn.Module | None = None):
+    def __init__(self, model: nn.Module, obs_encoder: nn.Module | None):
         super().__init__()
         self.model = model
         self.obs_encoder = obs_encoder
-        self.aux_head = aux_head
 
 
 def _normalizer(data: dict, obs: dict) -> LinearNormalizer:
@@ -172,19 +166,12 @@ def train(
         init_ckpt.config["source"] = {"fine_tuned_from": start.config.get("training")}
     init = init_ckpt
     policy = Policy(init, device="cpu")  # builds modules + normaliser from the config
-    obs_keys = list(VARIANTS[cfg.variant])
-    aux = cfg.aux_state_weight > 0 and policy.obs_encoder is not None
-    if cfg.aux_state_weight > 0 and not aux:
-        raise ValueError("aux_state_weight needs the image variant (an encoder to supervise)")
-    aux_head = nn.Linear(policy.model.config["cond_dim"], data["state"].shape[-1]) if aux else None
-    nets = Nets(policy.model, policy.obs_encoder, aux_head).to(dev).train()
+    nets = Nets(policy.model, policy.obs_encoder).to(dev).train()
     norm = policy.normalizer.to(dev)
+    obs_keys = list(VARIANTS[cfg.variant])
     sampler = SequenceSampler(data, cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps,
                               obs_keys=obs_keys)
     fields = {k: torch.as_tensor(data[k]).to(dev) for k in (*obs_keys, "action")}
-    if aux:
-        state = torch.as_tensor(data["state"]).float()
-        fields["aux"] = ((state - state.mean(0)) / state.std(0).clamp_min(1e-6)).to(dev)
     index = torch.as_tensor(sampler.indices).to(dev)
 
     decay, no_decay = [], []
@@ -232,7 +219,7 @@ def train(
     T = noise_sched.config.num_train_timesteps
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.variant}", unit="step")
     t_start = time.perf_counter() - elapsed
-    losses, aux_losses = [], []
+    losses = []
     try:
         while step < cfg.steps:
             if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
@@ -256,12 +243,7 @@ def train(
             t = torch.randint(0, T, (action.shape[0],), device=dev, generator=gen)
             a = alphas[t][:, None, None]
             noisy = a.sqrt() * action + (1 - a).sqrt() * noise
-            diffusion_loss = nn.functional.mse_loss(nets.model(noisy, t, cond), noise)
-            loss = diffusion_loss
-            if aux:
-                aux_loss = nn.functional.mse_loss(nets.aux_head(cond), fields["aux"][obs_rows])
-                loss = loss + cfg.aux_state_weight * aux_loss
-                aux_losses.append(aux_loss.item())
+            loss = nn.functional.mse_loss(nets.model(noisy, t, cond), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(nets.parameters(), 1.0)
@@ -269,11 +251,10 @@ def train(
             sched_lr.step()
             ema.update(nets)
             step += 1
-            losses.append(diffusion_loss.item())
+            losses.append(loss.item())
             bar.update(1)
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}",
-                                **({"aux": f"{np.mean(aux_losses[-50:]):.4f}"} if aux else {}))
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if step % cfg.save_every == 0:
                 elapsed = time.perf_counter() - t_start
                 save_state()
