@@ -480,7 +480,10 @@ def main(argv=None) -> int:
                             capture_output=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            text=True, capture_output=True).stdout.strip()
-    meta = {"command": "make bench" + (" BENCH_ARGS=--quick" if args.quick else ""),
+    flags = (["--quick"] if args.quick else []) + (
+        ["--checkpoints", *map(str, args.checkpoints)] if args.checkpoints else []) + (
+        ["--keep", str(args.keep)] if args.keep else [])
+    meta = {"command": "make bench" + (f" BENCH_ARGS='{' '.join(flags)}'" if flags else ""),
             "device": results[0]["device"] if results else str(device),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit + ("+local changes" if dirty else ""),
