@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lowdim", type=Path, required=True, help="trained low-dim checkpoint")
     p.add_argument("--demos", type=Path, help="demonstrations npz (arm poses, normaliser)")
     p.add_argument("--episodes", type=int, default=200)
-    p.add_argument("--steps", type=int, default=4000, help="encoder training steps")
+    p.add_argument("--steps", type=int, default=10000, help="encoder training steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
