@@ -57,7 +57,7 @@ def _messages(obs_spec: dict, rng: np.random.Generator, joint_names: list[str]) 
 
 
 def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int = 5,
-            timeout: float = 120.0, frame_timeout: float = 2.0) -> dict:
+            timeout: float = 120.0, frame_timeout: float = 2.0, max_sends: int = 6) -> dict:
     """Median/p95 overhead (ms) over ``chunks`` frames after ``warmup`` frames."""
     config = load_native(checkpoint).config
     obs_spec = {k: (tuple(v["shape"]), v.get("type", "low_dim"))
@@ -97,7 +97,7 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
         for i in range(warmup + chunks):
             frame = _messages(obs_spec, rng, joint_names)
             before = len(received)
-            for _ in range(6):  # the camera topic is best effort: a frame may be dropped
+            for _send in range(max_sends):  # the camera topic is best effort: frames drop
                 for _, msg in frame:
                     if hasattr(msg, "header"):
                         msg.header.stamp = node.get_clock().now().to_msg()
@@ -112,7 +112,7 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
                     break
                 resent += 1
             else:
-                raise RuntimeError(f"policy_node answered none of 6 sends of frame {i}")
+                raise RuntimeError(f"policy_node answered none of {max_sends} sends of frame {i}")
             got, chunk = received[-1]
             if i >= warmup:
                 overheads.append((got - sent - chunk.inference_time) * 1e3)
