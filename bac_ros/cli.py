@@ -161,9 +161,31 @@ def _inspect(args) -> int:
     return 0
 
 
+def _metaworld_task(task: str):
+    """The Meta-World task config ``--task`` names, or None for the bundled arm."""
+    from bac_ros.sim.metaworld import MetaWorldTaskConfig
+    from bac_ros.sim.tasks import parse_task
+
+    try:
+        parsed = parse_task(task)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    return parsed if isinstance(parsed, MetaWorldTaskConfig) else None
+
+
 def _demos(args) -> int:
     from bac_ros.sim.dataset import generate_demos, save_npz
 
+    mw = _metaworld_task(args.task)
+    if mw is not None:
+        from bac_ros.sim.metaworld import generate_demos as metaworld_demos
+
+        data = metaworld_demos(mw, args.episodes, seed=args.seed, noise=args.noise,
+                               with_images=not args.no_images)
+        save_npz(args.out, data)
+        print(f"wrote {args.out}: {len(data['episode_ends'])} {mw.task} episodes, "
+              f"{len(data['action'])} steps")
+        return 0
     data = generate_demos(args.episodes, seed=args.seed, with_images=not args.no_images)
     save_npz(args.out, data)
     sides = data["episode_sides"]
@@ -209,15 +231,26 @@ def _distill(args) -> int:
 
 def _train(args) -> int:
     from bac_ros.sim.dataset import generate_demos, load_npz
-    from bac_ros.sim.train import TrainConfig, train
+    from bac_ros.sim.train import TaskSpec, TrainConfig, train
 
+    mw = _metaworld_task(args.task)
+    if mw is not None:
+        from bac_ros.sim import metaworld
+
+        if not args.demos:
+            raise SystemExit("a Meta-World task trains on recorded demonstrations: pass --demos "
+                             "(made by bac demos --task ...)")
+        spec = TaskSpec(metaworld.OBS_VARIANTS[args.variant], metaworld.ACTION_NAMES, mw.dt,
+                        metaworld.task_record(mw))
+    else:
+        spec = None
     data = (load_npz(args.demos) if args.demos else
             generate_demos(args.episodes, seed=0, with_images=args.variant == "image"))
     cfg = TrainConfig(variant=args.variant, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps)
     budget = args.max_minutes * 60 if args.max_minutes else None
     train(data, args.out, cfg, device=args.device, resume=not args.restart, time_budget_s=budget,
-          init=args.init)
+          init=args.init, task=spec)
     return 0
 
 
@@ -277,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, help="also write PNG plots into this folder")
     p.set_defaults(func=_profile)
 
-    p = sub.add_parser("demos", help="record expert demonstrations of the bundled task")
+    p = sub.add_parser("demos", help="record expert demonstrations of a task")
+    p.add_argument("--task", default="arm", help="arm (the bundled task) or metaworld:TASK")
+    p.add_argument("--noise", type=float, default=0.1,
+                   help="Meta-World: std of the noise added to executed expert actions (labels "
+                        "stay clean)")
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-images", action="store_true", help="skip camera frames (low-dim only)")
@@ -312,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="image checkpoint folder to write")
     p.set_defaults(func=_distill)
 
-    p = sub.add_parser("train", help="train DP-T on the bundled task (resumable)")
+    p = sub.add_parser("train", help="train DP-T on a task's demonstrations (resumable)")
+    p.add_argument("--task", default="arm", help="arm (the bundled task) or metaworld:TASK")
     p.add_argument("--variant", choices=("lowdim", "image"), default="lowdim")
     p.add_argument("--demos", type=Path, help="demonstrations npz (default: record --episodes)")
     p.add_argument("--episodes", type=int, default=200)

@@ -48,8 +48,9 @@ import torch  # noqa: E402
 from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
 from bac_ros.policy.policy import Policy  # noqa: E402
 from bac_ros.policy.timing import time_interleaved  # noqa: E402
-from bac_ros.sim.dataset import generate_demos, observation_windows  # noqa: E402
+from bac_ros.sim.dataset import observation_windows  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
+from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -273,7 +274,7 @@ def plot_errors(model: str, rows: list[dict], path: Path) -> None:
 def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
     policy = Policy.from_pretrained(ckpt, device=args.device)
     images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    data = generate_demos(args.demos, seed=0, with_images=images)
+    data = task_demos(task_of(policy), args.demos, seed=0, images=images)
     keys, To = list(policy.obs_spec), policy.n_obs_steps
     profile_obs = observation_windows(data, keys, To, args.profile_obs, seed=0)
     error_obs = observation_windows(data, keys, To, args.error_obs, seed=1)

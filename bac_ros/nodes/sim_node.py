@@ -1,9 +1,13 @@
-"""sim_node: the bundled arm task as a ROS robot (a Gazebo stand-in for demos and tests).
+"""sim_node: a task as a ROS robot — the bundled arm, or a Meta-World task on MuJoCo physics.
 
-Publishes ``image`` (sensor_msgs/Image rgb8), ``joint_states``, ``state`` (the low-dim vector)
-and, with ``publish_clock``, ``/clock``; executes ``action_chunk`` messages; publishes one
-``episode_result`` per episode. Actions are read by time: action k of a chunk stamped s is meant
-for time s + k*dt, so actions whose time has passed are skipped.
+``task`` selects it: ``arm`` or ``metaworld:NAME`` (e.g. ``metaworld:drawer-open``). Publishes
+``image`` (sensor_msgs/Image rgb8, upright), ``joint_states`` (the arm's joints; for Meta-World
+the Sawyer's seven joints ``right_j0..6`` with their positions read from the MuJoCo model),
+``state`` (the policy's low-dim vector; Meta-World also ``proprio``) and, with
+``publish_clock``, ``/clock``; executes ``action_chunk`` messages (arm: joint targets;
+Meta-World: end-effector delta xyz + gripper); publishes one ``episode_result`` per episode.
+Actions are read by time: action k of a chunk stamped s is meant for time s + k*dt, so actions
+whose time has passed are skipped.
 
 * ``realtime``: the world steps at the control rate in wall-clock time whether or not a fresh
   chunk has arrived (a slow policy acts on stale chunks, or holds).
@@ -32,16 +36,18 @@ from std_msgs.msg import Float32MultiArray, String
 
 from bac_ros.msg import ActionChunk
 from bac_ros.nodes.convert import MessageError, chunk_actions, stamp_seconds
-from bac_ros.sim.arm import ArmEnv
+from bac_ros.sim.tasks import make_env, parse_task
 
 PARAMETERS = {
+    "task": ("arm", "arm | metaworld:TASK (e.g. metaworld:drawer-open)"),
     "mode": ("realtime", "realtime | lockstep"),
     "episodes": (10, "episodes to run, then the node exits"),
     "seed": (100_000, "reset seed of the first episode (the next ones count up)"),
     "n_action_steps": (8, "lockstep: actions executed per chunk before waiting again"),
     "images": (True, "render and publish camera images"),
     "publish_clock": (False, "publish /clock (sim time starts at 1000 s)"),
-    "joint_names": (["joint1", "joint2", "joint3"], "names in joint_states and chunks"),
+    "joint_names": (["joint1", "joint2", "joint3"],
+                    "arm: names in joint_states (Meta-World publishes the Sawyer's own names)"),
     "chunk_timeout": (30.0, "lockstep: seconds to wait for a chunk before the episode fails"),
 }
 
@@ -56,11 +62,16 @@ class SimNode(Node):
             raise ValueError(f"mode is {self.p['mode']!r}; expected realtime or lockstep")
         if self.p["mode"] == "lockstep":  # time must stand still while the world waits
             self.p["publish_clock"] = True
-        self.env = ArmEnv(render_images=self.p["images"])
+        self.env = make_env(parse_task(self.p["task"]), self.p["images"])
+        self.metaworld = hasattr(self.env, "joint_positions")
+        self.action_dim = len(self.env.hold_action())
         self.dt = self.env.config.dt
         self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self.state_pub = self.create_publisher(Float32MultiArray, "state", 10)
+        # the camera policy's low-dim input (hand xyz + gripper), on the topic of its key
+        self.proprio_pub = (self.create_publisher(Float32MultiArray, "proprio", 10)
+                            if self.metaworld else None)
         self.result_pub = self.create_publisher(String, "episode_result", 10)
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.p["publish_clock"] \
             else None
@@ -99,11 +110,18 @@ class SimNode(Node):
             time.sleep(0.01)
         t = self.now()
         stamp = rclpy.time.Time(nanoseconds=int(round(t * 1e9))).to_msg()
-        js = JointState(name=list(self.p["joint_names"]),
-                        position=[float(v) for v in self.obs["joints"]])
+        if self.metaworld:
+            from bac_ros.sim.metaworld import JOINT_NAMES
+
+            names, positions = JOINT_NAMES, self.env.joint_positions()
+        else:
+            names, positions = self.p["joint_names"], self.obs["joints"]
+        js = JointState(name=list(names), position=[float(v) for v in positions])
         js.header.stamp = stamp
         self.joint_pub.publish(js)
         self.state_pub.publish(Float32MultiArray(data=self.env.state().tolist()))
+        if self.proprio_pub is not None:
+            self.proprio_pub.publish(Float32MultiArray(data=self.obs["proprio"].tolist()))
         if self.p["images"]:
             img = self.obs["image"]
             msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8",
@@ -115,8 +133,9 @@ class SimNode(Node):
     def _on_chunk(self, msg: ActionChunk) -> None:
         try:
             actions = chunk_actions(msg)
-            if actions.shape[1] != 3 or not np.isfinite(actions).all():
-                raise MessageError(f"chunk of shape {actions.shape} is not (horizon, 3) finite")
+            if actions.shape[1] != self.action_dim or not np.isfinite(actions).all():
+                raise MessageError(f"chunk of shape {actions.shape} is not (horizon, "
+                                   f"{self.action_dim}) finite")
         except MessageError as e:
             self.get_logger().warning(f"ignored action chunk: {e}")
             return
@@ -153,7 +172,7 @@ class SimNode(Node):
             self.executed = (self.executed + 1) % self.p["n_action_steps"]
         else:
             action = self._action_now()
-        target = action if action is not None else self.env.joints
+        target = action if action is not None else self.env.hold_action()
         self.obs, done, info = self.env.step(target)
         self.sim_time += self.dt
         self.obs_stamp = self._publish_obs()

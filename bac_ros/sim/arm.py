@@ -216,12 +216,14 @@ class ArmEnv:
         self.steps = 0
         self.done = True
         self._hold = 0
+        self.command = self.joints.copy()  # the last joint targets commanded
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         """Start a new episode; the same seed always gives the same target and obstacle."""
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0]))
         self.target, self.obstacle = sample_episode(self.config, rng)
         self.joints = np.asarray(self.config.start_joints, dtype=np.float64)
+        self.command = self.joints.copy()
         self.steps = 0
         self.done = False
         self._hold = 0
@@ -241,6 +243,10 @@ class ArmEnv:
     def state(self) -> np.ndarray:
         """Low-dim features ``float32 (7,)``, laid out as :data:`LOWDIM_KEYS`."""
         return np.concatenate([self.joints, self.target, self.obstacle]).astype(np.float32)
+
+    def hold_action(self) -> np.ndarray:
+        """What the arm does with no fresh action: keep tracking the last joint targets."""
+        return self.command.copy()
 
     def clip_action(self, action: np.ndarray) -> np.ndarray:
         """Validate a joint-target action and clip it to the joint limits."""
@@ -263,6 +269,7 @@ class ArmEnv:
             raise RuntimeError("step() called on a finished episode; call reset(seed) first")
         cfg = self.config
         target = self.clip_action(action)
+        self.command = target
         h = cfg.dt / cfg.substeps
         path = np.empty((cfg.substeps, JOINT_DIM))
         q = self.joints

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bac_ros.policy.policy import Policy
-from bac_ros.sim.arm import ArmEnv, ArmTaskConfig
+from bac_ros.sim.tasks import Env, Task, make_env, task_of
 
 MODES = ("lockstep", "realtime")
 
@@ -71,7 +71,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def policy_observation(policy: Policy, env: ArmEnv, obs: dict) -> dict[str, np.ndarray]:
+def policy_observation(policy: Policy, env: Env,
+                       obs: dict) -> dict[str, np.ndarray]:
     """One time step of what the policy reads: ``state`` = env.state(), else env obs keys."""
     return {k: (env.state() if k == "state" else obs[k]) for k in policy.obs_spec}
 
@@ -90,22 +91,26 @@ class EpisodeResult:
 class _Episode:
     """One environment with its observation history (padded at the start, as in training)."""
 
-    def __init__(self, policy: Policy, task: ArmTaskConfig, seed: int, images: bool):
+    def __init__(self, policy: Policy, task: Task, seed: int, images: bool):
         self.policy, self.seed = policy, seed
-        self.env = ArmEnv(task, render_images=images)
+        self.env = make_env(task, images)
         first = policy_observation(policy, self.env, self.env.reset(seed))
         self.history = deque([first] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
         self.info: dict = {"success": False, "collision": False, "effector_error": float("nan")}
         self.chunks, self.latencies, self.done = 0, [], False
-        self.target = np.asarray(task.start_joints, dtype=np.float64)
 
     def window(self) -> dict[str, np.ndarray]:
         return {k: np.stack([h[k] for h in self.history]) for k in self.policy.obs_spec}
 
     def act(self, action: np.ndarray) -> None:
-        self.target = np.asarray(action, dtype=np.float64)
-        obs, self.done, self.info = self.env.step(self.target)
+        obs, self.done, self.info = self.env.step(action)
         self.history.append(policy_observation(self.policy, self.env, obs))
+        if self.done and hasattr(self.env, "close"):
+            self.env.close()  # a rendering context per finished episode would pile up
+
+    def hold(self) -> None:
+        """One tick with no fresh action (the robot keeps its last command)."""
+        self.act(self.env.hold_action())
 
     def result(self) -> EpisodeResult:
         return EpisodeResult(self.seed, bool(self.info["success"]), bool(self.info["collision"]),
@@ -127,8 +132,8 @@ def _batched(policy: Policy, episodes: list[_Episode], seed: int, progress, late
             if e.done:
                 continue
             e.chunks += 1
-            for a in [e.target] * min(late, len(chunk)) + list(chunk[late:]):
-                e.act(a)
+            for k in range(len(chunk)):
+                e.hold() if k < late else e.act(chunk[k])
                 if e.done:
                     progress(1)
                     break
@@ -146,7 +151,7 @@ def _realtime(policy: Policy, episodes: list[_Episode], seed: int, progress) -> 
             e.latencies.append(latency)
             late = int(latency // dt)
             for _ in range(min(late, len(chunk))):  # the world moves on while the model runs
-                e.act(e.target)
+                e.hold()
                 if e.done:
                     break
             for a in chunk[late:]:
@@ -171,7 +176,7 @@ def evaluate(
     episodes: int = 200,
     seed: int = 100_000,
     mode: str = "lockstep",
-    task: ArmTaskConfig | None = None,
+    task: Task | None = None,
     progress: Callable[[int], None] | None = None,
     latency_ms: float | None = None,
 ) -> dict:
@@ -185,7 +190,7 @@ def evaluate(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     apply_method(policy, method)
-    task = task or ArmTaskConfig()
+    task = task or task_of(policy)
     images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
     eps = [_Episode(policy, task, seed + i, images) for i in range(episodes)]
     progress = progress or (lambda n: None)

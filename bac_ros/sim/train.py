@@ -42,6 +42,24 @@ JOINT_NAMES = ["joint1", "joint2", "joint3"]
 RESUMABLE_CHANGES = ("steps", "save_every")  # a run may be resumed with more steps
 
 
+@dataclass(frozen=True)
+class TaskSpec:
+    """What training needs of a task: the policy's inputs and outputs, its control period, and
+    the task description the checkpoint records (so evaluation rebuilds the same task)."""
+
+    obs: dict
+    action_names: list
+    dt: float
+    task: dict | None = None
+
+
+def arm_spec(variant: str, task: ArmTaskConfig | None = None) -> TaskSpec:
+    """The bundled arm task's spec for a training variant (``lowdim`` or ``image``)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    return TaskSpec(VARIANTS[variant], JOINT_NAMES, (task or ArmTaskConfig()).dt)
+
+
 @dataclass
 class TrainConfig:
     variant: str = "lowdim"
@@ -99,15 +117,23 @@ def _normalizer(data: dict, obs: dict) -> LinearNormalizer:
     return norm
 
 
-def build_initial(cfg: TrainConfig, data: dict, task: ArmTaskConfig) -> Checkpoint:
-    obs = VARIANTS[cfg.variant]
-    return new_checkpoint(
-        obs, 3, _normalizer(data, obs), horizon=cfg.horizon, n_obs_steps=cfg.n_obs_steps,
-        n_action_steps=cfg.n_action_steps, model=cfg.model,
-        obs_encoder=IMAGE_ENCODER if cfg.variant == "image" else None,
-        scheduler=DEFAULT_SCHEDULER, num_inference_steps=100, dt=task.dt,
-        action_names=JOINT_NAMES, seed=cfg.seed,
+def build_initial(cfg: TrainConfig, data: dict, spec: TaskSpec | ArmTaskConfig) -> Checkpoint:
+    """The untrained checkpoint (normaliser fitted to ``data``); an ``ArmTaskConfig`` stands
+    for the arm's spec of ``cfg.variant``."""
+    if isinstance(spec, ArmTaskConfig):
+        spec = arm_spec(cfg.variant, spec)
+    obs = spec.obs
+    images = any(v["type"] == "rgb" for v in obs.values())
+    ckpt = new_checkpoint(
+        obs, len(spec.action_names), _normalizer(data, obs), horizon=cfg.horizon,
+        n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps, model=cfg.model,
+        obs_encoder=IMAGE_ENCODER if images else None,
+        scheduler=DEFAULT_SCHEDULER, num_inference_steps=100, dt=spec.dt,
+        action_names=list(spec.action_names), seed=cfg.seed,
     )
+    if spec.task is not None:
+        ckpt.config["task"] = dict(spec.task)
+    return ckpt
 
 
 def _transferable(start: Checkpoint, target: Checkpoint) -> dict[str, torch.Tensor]:
@@ -141,7 +167,7 @@ def train(
     cfg: TrainConfig,
     device: str = "auto",
     resume: bool = True,
-    task: ArmTaskConfig | None = None,
+    task: ArmTaskConfig | TaskSpec | None = None,
     log=print,
     time_budget_s: float | None = None,
     init: str | Path | None = None,
@@ -151,13 +177,13 @@ def train(
     ``time_budget_s`` stops early (the checkpoint records the steps actually done); ``init``
     starts from a trained checkpoint's weights (fine-tuning; the optimiser starts fresh).
     """
-    task = task or ArmTaskConfig()
+    spec = task if isinstance(task, TaskSpec) else arm_spec(cfg.variant, task)
     dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "train_state.pt"
     torch.manual_seed(cfg.seed)
-    init_ckpt = build_initial(cfg, data, task)
+    init_ckpt = build_initial(cfg, data, spec)
     if init is not None:
         start = load_native(init)
         if start.config["model"] != init_ckpt.config["model"]:
@@ -168,7 +194,7 @@ def train(
     policy = Policy(init, device="cpu")  # builds modules + normaliser from the config
     nets = Nets(policy.model, policy.obs_encoder).to(dev).train()
     norm = policy.normalizer.to(dev)
-    obs_keys = list(VARIANTS[cfg.variant])
+    obs_keys = list(spec.obs)
     sampler = SequenceSampler(data, cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps,
                               obs_keys=obs_keys)
     fields = {k: torch.as_tensor(data[k]).to(dev) for k in (*obs_keys, "action")}
@@ -230,7 +256,7 @@ def train(
             nobs = {}
             for k in obs_keys:
                 x = fields[k][obs_rows]
-                x = _to_chw_float(x) if VARIANTS[cfg.variant][k]["type"] == "rgb" else x.float()
+                x = _to_chw_float(x) if spec.obs[k]["type"] == "rgb" else x.float()
                 nobs[k] = norm.normalize(k, x)
             if nets.obs_encoder is not None:
                 B = rows.shape[0]
