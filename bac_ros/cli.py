@@ -44,7 +44,7 @@ def _profile(args) -> int:
 
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
     if args.bag:
-        from bac_ros.nodes.bag import read_observation_windows
+        from bac_ros.io.bag import read_observation_windows
 
         observations = read_observation_windows(args.bag, policy, args.joint_names)
         print(f"read {len(observations)} observation histories from {args.bag}")
@@ -71,15 +71,15 @@ def _profile(args) -> int:
 def _tune_observations(args, policy) -> tuple[list, str]:
     """Observation histories for tuning: a bag, an npz, or expert demonstrations."""
     if args.bag:
-        from bac_ros.nodes.bag import read_observation_windows
+        from bac_ros.io.bag import read_observation_windows
 
         return read_observation_windows(args.bag, policy, args.joint_names), str(args.bag)
     if args.observations:
         from bac_ros.policy.observations import load_observations
 
         return load_observations(args.observations), str(args.observations)
-    from bac_ros.sim.dataset import generate_demos, observation_windows
-
+    from bac_ros.sim.demos import generate_demos
+    from bac_ros.train.dataset import observation_windows
     images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
     data = generate_demos(args.demos, seed=0, with_images=images)
     return (observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, 64, seed=0),
@@ -174,7 +174,7 @@ def _metaworld_task(task: str):
 
 
 def _demos(args) -> int:
-    from bac_ros.sim.dataset import generate_demos, save_npz
+    from bac_ros.sim.demos import generate_demos, save_npz
 
     mw = _metaworld_task(args.task)
     if mw is not None:
@@ -197,8 +197,8 @@ def _demos(args) -> int:
 def _windows(args) -> int:
     from bac_ros.policy.observations import save_observations
     from bac_ros.policy.policy import load_checkpoint
-    from bac_ros.sim.dataset import load_npz, observation_windows
-
+    from bac_ros.sim.demos import load_npz
+    from bac_ros.train.dataset import observation_windows
     pol = load_checkpoint(args.checkpoint).config["policy"]
     windows = observation_windows(load_npz(args.demos), list(pol["obs"]),
                                   int(pol["n_obs_steps"]), args.count, args.seed)
@@ -208,7 +208,7 @@ def _windows(args) -> int:
 
 
 def _record(args) -> int:
-    from bac_ros.nodes.record import record_expert_bag
+    from bac_ros.sim.record import record_expert_bag
 
     out = record_expert_bag(args.out, args.episodes, args.seed, args.storage,
                             images=not args.no_images)
@@ -218,8 +218,8 @@ def _record(args) -> int:
 
 def _distill(args) -> int:
     from bac_ros.policy.checkpoint import save_native
-    from bac_ros.sim.dataset import generate_demos, load_npz
-    from bac_ros.sim.distill import distill_image_policy
+    from bac_ros.sim.demos import generate_demos, load_npz
+    from bac_ros.train.distill import distill_image_policy
 
     data = load_npz(args.demos) if args.demos else generate_demos(args.episodes, seed=0)
     ckpt = distill_image_policy(args.lowdim, data, args.steps, args.batch_size, args.lr,
@@ -230,8 +230,8 @@ def _distill(args) -> int:
 
 
 def _train(args) -> int:
-    from bac_ros.sim.dataset import generate_demos, load_npz
-    from bac_ros.sim.train import TaskSpec, TrainConfig, train
+    from bac_ros.sim.demos import generate_demos, load_npz
+    from bac_ros.train.train import TaskSpec, TrainConfig, train
 
     mw = _metaworld_task(args.task)
     if mw is not None:

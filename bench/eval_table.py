@@ -22,8 +22,9 @@ from pathlib import Path
 import torch
 
 from bac_ros.policy.policy import Policy
-from bac_ros.sim.dataset import generate_demos, load_npz, observation_windows
+from bac_ros.sim.demos import generate_demos, load_npz
 from bac_ros.sim.evaluate import evaluate
+from bac_ros.train.dataset import observation_windows
 
 
 def compile_schedules(policy: Policy, data: dict, folder: Path, budgets, top_ks,

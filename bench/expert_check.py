@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from bac_ros.sim.arm import ArmEnv
-from bac_ros.sim.dataset import rollout_expert
+from bac_ros.sim.demos import rollout_expert
 from bac_ros.sim.expert import LEFT, Expert
 
 

@@ -32,8 +32,8 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray
 
+from bac_ros.io.observer import IMAGE, JOINT_STATE, observation_sources
 from bac_ros.msg import ActionChunk
-from bac_ros.nodes.observer import IMAGE, JOINT_STATE, observation_sources
 from bac_ros.policy.checkpoint import load_native
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from bac_ros.policy.fidelity import draw_chunks, fidelity
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.tune import refine
-from bac_ros.sim.dataset import generate_demos, observation_windows
+from bac_ros.sim.demos import generate_demos
 from bac_ros.sim.evaluate import evaluate
+from bac_ros.train.dataset import observation_windows
 
 
 def main(argv=None) -> int:

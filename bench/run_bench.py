@@ -48,9 +48,9 @@ import torch  # noqa: E402
 from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
 from bac_ros.policy.policy import Policy  # noqa: E402
 from bac_ros.policy.timing import time_interleaved  # noqa: E402
-from bac_ros.sim.dataset import observation_windows  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
+from bac_ros.train.dataset import observation_windows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))

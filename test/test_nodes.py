@@ -18,14 +18,14 @@ from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from bac_ros.cache.schedule import Schedule
+from bac_ros.io.bag import BagError, read_observation_windows
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.msg import ActionChunk
-from bac_ros.nodes.bag import BagError, read_observation_windows
 from bac_ros.nodes.policy_node import PolicyNode
-from bac_ros.nodes.record import JOINT_NAMES, record_expert_bag
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.policy import Policy
+from bac_ros.sim.record import JOINT_NAMES, record_expert_bag
 
 pytestmark = pytest.mark.ros
 SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
@@ -325,7 +325,7 @@ def test_compressed_camera_input(ros, image_ckpt):
     import cv2
     from sensor_msgs.msg import CompressedImage
 
-    from bac_ros.nodes.convert import MessageError, compressed_to_rgb
+    from bac_ros.io.messages import MessageError, compressed_to_rgb
 
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)

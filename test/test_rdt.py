@@ -1,5 +1,6 @@
-"""The RDT-style VLA head: its layout, exact caching under the engine, few-step samplers, the
-VLA policy (backbone + head) with a compiled schedule, and the policy node serving it."""
+"""The RDT-style VLA head: its layout, RDT's token masks, exact caching under the engine,
+few-step samplers, the VLA policy (backbone + head) with a compiled schedule, and the policy
+node serving it."""
 
 import numpy as np
 import pytest
@@ -30,11 +31,18 @@ def _head(seed=0):
     return RDTHead(**HEAD).eval()
 
 
-def _cond(head, seed=1):
+# Sample 1 of the batch: 2 of the 5 language tokens and 7 of the 10 image tokens are real.
+LANG_MASK = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])
+IMG_MASK = torch.tensor([[True] * 10, [True] * 7 + [False] * 3])
+
+
+def _cond(head, seed=1, masked=False):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         lang, img = torch.randn(2, 5, 16, generator=g), torch.randn(2, 10, 12, generator=g)
-        return head.condition(lang, img, torch.randn(2, 4, generator=g), torch.tensor([10.0, 25.0]))
+        masks = (LANG_MASK, IMG_MASK) if masked else (None, None)
+        return head.condition(lang, img, torch.randn(2, 4, generator=g),
+                              torch.tensor([10.0, 25.0]), *masks)
 
 
 def _engine(head, sched=RDT_SCHEDULER, fast=True, adapter=None):
@@ -57,6 +65,140 @@ def test_head_equals_the_original_rdt_forward():
     assert got.shape == SHAPE
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert head.action_mask.tolist() == [1, 1, 1, 0]
+
+
+def _rms(x, weight):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * weight
+
+
+def _public_attention(q, kv, q_norm, k_norm, proj, heads, mask):
+    """Attention as RDT's modules compute it on their non-fused path from projected queries
+    (B, N, C) and keys/values (B, L, 2C): per-head RMS-normalised q and k, scaled scores, keys
+    whose mask entry is False filled with -inf, softmax."""
+    B, N, C = q.shape
+    d = C // heads
+    q = q.reshape(B, N, heads, d).transpose(1, 2)
+    k, v = kv.reshape(B, kv.shape[1], 2, heads, d).permute(2, 0, 3, 1, 4)
+    scores = (_rms(q, q_norm.weight) * d ** -0.5) @ _rms(k, k_norm.weight).transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.reshape(B, 1, 1, -1).expand(-1, -1, N, -1),
+                                    float("-inf"))
+    return proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def _public_rdt(dit, x, freq, t, lang_c, img_c, lang_mask=None, img_mask=None):
+    """An independent reading of the public RDT's ``RDT.forward``/``RDTBlock``: block i takes
+    (lang_c, lang_mask) when i is even and (img_c, img_mask) when odd."""
+    tok = torch.cat([dit.t_embedder(t).expand(x.shape[0], -1)[:, None],
+                     dit.freq_embedder(freq)[:, None], x], 1) + dit.x_pos_embed
+    conds = [(lang_c + dit.lang_cond_pos_embed[:, : lang_c.shape[1]], lang_mask),
+             (img_c + dit.img_cond_pos_embed, img_mask)]
+    E, H = HEAD["hidden_size"], HEAD["num_heads"]
+    for i, b in enumerate(dit.blocks):
+        c, mask = conds[i % 2]
+        sa, ca = b.attn, b.cross_attn
+        qkv = sa.qkv(_rms(tok, b.norm1.weight))
+        tok = tok + _public_attention(qkv[..., :E], qkv[..., E:], sa.q_norm, sa.k_norm,
+                                      sa.proj, H, None)
+        tok = tok + _public_attention(ca.q(_rms(tok, b.norm2.weight)), ca.kv(c), ca.q_norm,
+                                      ca.k_norm, ca.proj, H, mask)
+        tok = tok + b.ffn(_rms(tok, b.norm3.weight))
+    return dit.final_layer(tok)[:, -dit.horizon:]
+
+
+def _dit_inputs(head, seed=8):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 9, 32, generator=g)
+    lang_c, img_c = torch.randn(2, 5, 32, generator=g), torch.randn(2, 10, 32, generator=g)
+    return x, torch.tensor([10.0, 25.0]), torch.tensor([700]), lang_c, img_c
+
+
+def test_masks_match_an_independent_reading_of_the_public_module():
+    head = _head()
+    args = _dit_inputs(head)
+    with torch.no_grad():
+        for masks in ((None, None), (LANG_MASK, None), (LANG_MASK, IMG_MASK)):
+            want = _public_rdt(head.model, *args, *masks)
+            got = head.model(*args, *masks)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # The masks really change sample 1 only (its padded tokens are excluded).
+        plain = head.model(*args)
+    assert torch.equal(got[0], plain[0]) and (got[1] - plain[1]).abs().max() > 1e-3
+
+
+def test_padded_batch_with_lang_mask_equals_each_sample_unpadded():
+    head = _head()
+    g = torch.Generator().manual_seed(9)
+    lang, img = torch.randn(2, 5, 16, generator=g), torch.randn(2, 10, 12, generator=g)
+    state, sample = torch.randn(2, 4, generator=g), torch.randn(*SHAPE, generator=g)
+    freq, t, lengths = torch.tensor([10.0, 25.0]), torch.tensor(300), LANG_MASK.sum(1).tolist()
+    with torch.no_grad():
+        got = head(sample, t, head.condition(lang, img, state, freq, lang_mask=LANG_MASK))
+        unmasked = head(sample, t, head.condition(lang, img, state, freq))
+        for i, n in enumerate(lengths):
+            alone = head(sample[i:i + 1], t, head.condition(lang[i:i + 1, :n], img[i:i + 1],
+                                                            state[i:i + 1], freq[i:i + 1]))
+            torch.testing.assert_close(got[i:i + 1], alone, rtol=0, atol=1e-5)
+    assert (unmasked[1] - got[1]).abs().max() > 1e-3  # without the mask the padding leaks in
+
+
+def test_padded_batch_with_img_mask_equals_each_sample_without_the_masked_tokens():
+    head = _head()
+    g = torch.Generator().manual_seed(10)
+    lang, img = torch.randn(2, 5, 16, generator=g), torch.randn(2, 10, 12, generator=g)
+    state, sample = torch.randn(2, 4, generator=g), torch.randn(*SHAPE, generator=g)
+    freq, t = torch.tensor([10.0, 25.0]), torch.tensor(300)
+    with torch.no_grad():
+        cond = head.condition(lang, img, state, freq, img_mask=IMG_MASK)
+        got = head(sample, t, cond)
+        front, lang_t, img_t, lang_mask, img_mask = head.split_condition(cond)
+        assert lang_mask.all() and torch.equal(img_mask, IMG_MASK)
+        h = torch.cat([head.model.t_embedder(t.reshape(1).expand(2))[:, None], front,
+                       head.adapt_actions(sample)], 1) + head.model.x_pos_embed
+        for i in range(2):  # the image tokens (already position-embedded) minus the masked ones
+            alone = head.model.trunk(h[i:i + 1], lang_t[i:i + 1], img_t[i:i + 1, IMG_MASK[i]])
+            torch.testing.assert_close(got[i:i + 1], alone, rtol=0, atol=1e-5)
+        img[1, 7:] = 1e3  # whatever the masked tokens hold, sample 1 does not see it
+        torch.testing.assert_close(head(sample, t, head.condition(lang, img, state, freq,
+                                                                  img_mask=IMG_MASK)), got)
+
+
+def test_all_true_masks_equal_no_mask_exactly():
+    head = _head()
+    ones_l, ones_i = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 10, dtype=torch.bool)
+    g = torch.Generator().manual_seed(11)
+    lang, img = torch.randn(2, 5, 16, generator=g), torch.randn(2, 10, 12, generator=g)
+    state, freq = torch.randn(2, 4, generator=g), torch.tensor([10.0, 25.0])
+    with torch.no_grad():
+        assert torch.equal(head.condition(lang, img, state, freq, ones_l, ones_i),
+                           head.condition(lang, img, state, freq))
+        # A padded language mask with an all-true image mask is the language mask alone.
+        assert torch.equal(head.condition(lang, img, state, freq, LANG_MASK, ones_i),
+                           head.condition(lang, img, state, freq, LANG_MASK))
+        args = _dit_inputs(head)
+        assert torch.equal(head.model(*args, ones_l, ones_i), head.model(*args))
+
+
+def test_bad_masks_are_refused_with_one_sentence():
+    head = _head()
+    g = torch.Generator().manual_seed(12)
+    lang, img = torch.randn(2, 5, 16, generator=g), torch.randn(2, 10, 12, generator=g)
+    state, freq = torch.randn(2, 4, generator=g), torch.tensor([10.0, 25.0])
+    bad = [(dict(lang_mask=LANG_MASK.float()),
+            r"lang_mask must be a bool tensor of shape \(2, 5\) \(True = a real token\); "
+            r"got torch.float32 \(2, 5\)"),
+           (dict(lang_mask=LANG_MASK[:, :4]), r"got torch.bool \(2, 4\)"),
+           (dict(lang_mask=[[True] * 5] * 2), "lang_mask must be a bool tensor.*; got list"),
+           (dict(img_mask=IMG_MASK[:1]), r"img_mask must be a bool tensor of shape \(2, 10\)"),
+           (dict(lang_mask=LANG_MASK & torch.tensor([[True], [False]])),
+            "lang_mask marks no real token in sample 1; every sample needs at least one")]
+    for kwargs, message in bad:
+        with pytest.raises(ValueError, match=message):
+            head.condition(lang, img, state, freq, **kwargs)
+    with pytest.raises(ValueError, match=r"img_mask must be a bool tensor of shape \(2, 10\)"):
+        head.model(*_dit_inputs(head), img_mask=IMG_MASK.long())
+    with pytest.raises(ValueError, match="packed condition has width 34; expected 32"):
+        head(torch.zeros(SHAPE), 1, torch.zeros(2, 17, 34))
 
 
 def test_1b_layout_builds_on_meta_with_rdt_key_names():
@@ -82,13 +224,15 @@ def test_1b_layout_builds_on_meta_with_rdt_key_names():
     assert len(RDTAdapter().bind(head)) == 84
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masked"])
 @pytest.mark.parametrize("sched", [RDT_SCHEDULER, FLOW_SCHEDULER], ids=["dpm", "flow"])
 @pytest.mark.parametrize("fast", [False, True])
-def test_all_update_plan_equals_uncached_bit_for_bit(sched, fast):
+def test_all_update_plan_equals_uncached_bit_for_bit(sched, fast, masked):
     head = _head()
     eng = _engine(head, sched, fast)
     assert isinstance(eng.adapter, RDTAdapter) and len(eng.blocks) == 12
-    cond = _cond(head)
+    cond = _cond(head, masked=masked)
+    assert cond.shape[-1] == 32 + masked  # the mask channel travels with the condition
     plain = eng.sample(cond, SHAPE, torch.Generator().manual_seed(4))
     cached = eng.sample(cond, SHAPE, torch.Generator().manual_seed(4),
                         plan=np.ones((K, 12), bool))
@@ -97,9 +241,29 @@ def test_all_update_plan_equals_uncached_bit_for_bit(sched, fast):
     assert torch.equal(plain, again)  # a multistep solver's state is reset per sample
 
 
-def test_fast_path_matches_reference_and_generic_declaration():
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_masked_condition_through_captured_cuda_graphs():
+    """The mask channel is data in the captured condition buffer: replays read new masks."""
+    cond = _cond(_head(), masked=True)
+    ref = _engine(_head()).sample(cond, SHAPE, torch.Generator().manual_seed(4))
+    eager = DenoisingEngine(_head().cuda(), build_scheduler(RDT_SCHEDULER), K, cuda_graphs=False)
+    graphed = _engine(_head().cuda())
+    for plan in (None, np.ones((K, 12), bool)):
+        a = eager.sample(cond, SHAPE, torch.Generator().manual_seed(4), plan=plan)
+        for _ in range(2):  # capture, then a replay
+            b = graphed.sample(cond, SHAPE, torch.Generator().manual_seed(4), plan=plan)
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.cpu(), ref, rtol=1e-3, atol=1e-3)
+    unmasked = _cond(_head())
+    unmasked = torch.cat([unmasked, torch.ones_like(unmasked[..., :1])], -1)  # all-true channel
+    other = graphed.sample(unmasked, SHAPE, torch.Generator().manual_seed(4))
+    assert not torch.allclose(other[1], b[1])  # the replay read the new mask
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masked"])
+def test_fast_path_matches_reference_and_generic_declaration(masked):
     head = _head()
-    cond = _cond(head)
+    cond = _cond(head, masked=masked)
     ref = _engine(head, fast=False).sample(cond, SHAPE, torch.Generator().manual_seed(5))
     fast = _engine(head, fast=True).sample(cond, SHAPE, torch.Generator().manual_seed(5))
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
@@ -119,18 +283,18 @@ def _naive_uniform(head, cond, every, seed):
     s = build_scheduler(RDT_SCHEDULER)
     s.set_timesteps(K)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
-    front, lang, img = head.split_condition(cond)
+    front, lang, img, lang_mask, img_mask = head.split_condition(cond)
     store = {}
     with torch.no_grad():
         for k, t in enumerate(s.timesteps):
             t_tok = head.model.t_embedder(t.reshape(1).expand(2))[:, None]
             h = torch.cat([t_tok, front, head.adapt_actions(x)], 1) + head.model.x_pos_embed
             for l, block in enumerate(head.model.blocks):
-                c = lang if l % 2 == 0 else img
+                c, m = (lang, lang_mask) if l % 2 == 0 else (img, img_mask)
                 for kind in ("sa", "ca", "ffn"):
                     if k % every == 0:
                         store[(l, kind)] = (block.sa_branch(h) if kind == "sa"
-                                            else block.ca_branch(h, c) if kind == "ca"
+                                            else block.ca_branch(h, c, mask=m) if kind == "ca"
                                             else block.ffn_branch(h))
                     h = h + store[(l, kind)]
             out = head.model.final_layer(h)[:, -8:]
@@ -138,9 +302,10 @@ def _naive_uniform(head, cond, every, seed):
     return x
 
 
-def test_uniform_plan_equals_naive_reimplementation():
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masked"])
+def test_uniform_plan_equals_naive_reimplementation(masked):
     head = _head()
-    cond = _cond(head)
+    cond = _cond(head, masked=masked)
     plan = uniform_plan(K, 12, 3)
     eng = _engine(head, fast=False)
     eng.cache.calls[:] = 0
@@ -246,12 +411,55 @@ def test_vla_bad_inputs_are_refused_with_one_sentence(vla_ckpt):
     policy.set_backbone(lambda images, texts: (torch.zeros(1, 4, 64), torch.zeros(1, 9, 64)))
     with pytest.raises(ValueError, match="got 9 image tokens; the head expects img_cond_len 8"):
         policy.predict(obs)
+    policy.set_backbone(lambda images, texts: (torch.zeros(1, 4, 64), torch.zeros(1, 8, 64),
+                                               torch.ones(1, 4)))
+    with pytest.raises(ValueError, match=r"lang_mask must be a bool tensor of shape \(1, 4\)"):
+        policy.predict(obs)
+    policy.set_backbone(lambda images, texts: (torch.zeros(1, 4, 64),) * 5)
+    with pytest.raises(ValueError, match=r"backbone returned 5 values; expected \(lang, img"):
+        policy.predict(obs)
     with pytest.raises(ValueError, match="action_dims is 6"):
         RDTHead(state_dim=5, depth=1, hidden_size=8, num_heads=2, action_dims=6)
     with pytest.raises(ValueError, match="unknown condition adapter 'mlpx'"):
         RDTHead(depth=1, hidden_size=8, num_heads=2, lang_adaptor="mlpx")
     with pytest.raises(ValueError, match="expected 'module:function'"):
         build_backbone({"type": "callable", "factory": "nope"})
+
+
+def test_tiny_backbone_masks_its_padding_and_ends_every_instruction(vla_ckpt):
+    policy = Policy.from_pretrained(vla_ckpt, device="cpu")
+    bb = policy.backbone
+    assert bb.token_ids("pick up")[2:] == [TinyBackbone.END] + [0] * 5
+    lang, img, mask = bb({"image": torch.zeros(2, 2, 3, 16, 16)}, ["pick up", ""])
+    assert lang.shape == (2, 8, 64) and img.shape == (2, 8, 64)
+    assert mask.tolist() == [[True] * 3 + [False] * 5, [True] + [False] * 7]
+    obs = random_observations(policy, 1)[0]
+    assert np.isfinite(policy.predict(dict(obs, instruction=""), seed=0)).all()
+    with pytest.raises(ValueError, match="lang_tokens is 1 and vocab_size 1024; expected"):
+        TinyBackbone(["image"], (3, 16, 16), 3, lang_tokens=1)
+
+
+def test_vla_passes_the_backbone_masks_so_padding_changes_nothing(vla_ckpt):
+    """A backbone that pads a batch of instructions to its longest (as a tokenizer does): with
+    its mask, a padded sample acts as it does unpadded (same batch shape, so the same noise)."""
+    policy = Policy.from_pretrained(vla_ckpt, device="cpu")
+    tiny = policy.backbone
+
+    def padded_to_longest(images, texts, with_mask=True):
+        lang, img, mask = tiny(images, texts)
+        n = int(mask.sum(1).max())
+        return (lang[:, :n], img, mask[:, :n]) if with_mask else (lang[:, :n], img)
+
+    obs = random_observations(policy, 2, seed=3)
+    batch = {k: np.stack([o[k] for o in obs]) for k in OBS}
+    texts = ["push", "pick up the red block"]
+    policy.set_backbone(padded_to_longest)
+    unpadded = policy.predict(dict(batch, instruction=texts[:1] * 2), seed=0, batched=True)
+    padded = policy.predict(dict(batch, instruction=texts), seed=0, batched=True)  # 2 -> 6 tokens
+    np.testing.assert_allclose(padded[0], unpadded[0], rtol=0, atol=1e-5)
+    policy.set_backbone(lambda images, texts: padded_to_longest(images, texts, False))
+    leaky = policy.predict(dict(batch, instruction=texts), seed=0, batched=True)
+    assert np.abs(leaky[0] - unpadded[0]).max() > 1e-4
 
 
 def test_a_backbone_attaches_by_factory_name(vla_ckpt):

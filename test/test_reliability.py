@@ -35,14 +35,14 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from bac_ros.cache.schedule import Schedule
+from bac_ros.io.bag import BagWriter
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.msg import ActionChunk
-from bac_ros.nodes.bag import BagWriter
 from bac_ros.nodes.policy_node import PolicyNode
-from bac_ros.nodes.record import record_expert_bag
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.policy import Policy
+from bac_ros.sim.record import record_expert_bag
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,9 @@ from bac_ros.sim.arm import (
     in_collision,
     render,
 )
-from bac_ros.sim.dataset import SequenceSampler, generate_demos, load_npz, save_npz
+from bac_ros.sim.demos import generate_demos, load_npz, save_npz
 from bac_ros.sim.expert import LEFT, RIGHT, Expert
+from bac_ros.train.dataset import SequenceSampler
 
 TASK = ArmTaskConfig()
 

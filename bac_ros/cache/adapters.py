@@ -149,20 +149,22 @@ class RDTAdapter(BlockAdapter):
 
 def _rdt_fast_runner(model: RDTHead, cond: torch.Tensor, timesteps: torch.Tensor) -> StepFn:
     """The time tokens of all steps, and every block's cross-attention keys/values of its
-    (language or image) condition, are computed once per observation instead of per step."""
+    (language or image) condition, are computed once per observation instead of per step; each
+    block keeps its condition's token mask."""
     dit = model.model
-    head, lang, img = model.split_condition(cond)
+    head, lang, img, lang_mask, img_mask = model.split_condition(cond)
     B = cond.shape[0]
     time_tok = dit.t_embedder(timesteps)[:, None, None].expand(-1, B, 1, -1)  # (K, B, 1, E)
     pos = dit.x_pos_embed
     blocks = list(dit.blocks)
     kvs = [b.cross_attn.keys_values(lang if i % 2 == 0 else img) for i, b in enumerate(blocks)]
+    masks = [lang_mask if i % 2 == 0 else img_mask for i in range(len(blocks))]
 
     def step(x: torch.Tensor, k: int) -> torch.Tensor:
         h = torch.cat([time_tok[k], head, model.adapt_actions(x)], dim=1) + pos
-        for block, kv in zip(blocks, kvs):
+        for block, kv, mask in zip(blocks, kvs, masks):
             h = h + block.sa_branch(h)
-            h = h + block.ca_branch(h, None, kv)
+            h = h + block.ca_branch(h, None, kv, mask)
             h = h + block.ffn_branch(h)
         return dit.final_layer(h)[:, -dit.horizon:]
 

@@ -7,11 +7,10 @@ proj}, norm3, ffn.{fc1, fc2}}``, ``final_layer.{norm_final, ffn_final}``) and
 ``{lang,img,state}_adaptor`` project the backbone's tokens, the robot state and the noisy
 actions to the hidden size. Trunk tokens are ``[time, control frequency, state, actions...]``;
 block ``i`` cross-attends to the language tokens when ``i`` is even and to the image tokens when
-odd. Each block exposes its three residual branches (``sa_branch``, ``ca_branch``,
-``ffn_branch``) for a block cache to drive; the model knows nothing about caching.
-
-Deviation: no language padding mask. The head attends to every language token it is given, so a
-batch must hold equally long token sequences (one observation at a time on a robot).
+odd, under ``lang_mask`` / ``img_mask`` respectively: RDT's (B, L) bool masks, True for a real
+token, so a padded batch of instructions gives each sample what it gives alone. Each block
+exposes its three residual branches (``sa_branch``, ``ca_branch``, ``ffn_branch``) for a block
+cache to drive; the model knows nothing about caching.
 """
 
 from __future__ import annotations
@@ -59,6 +58,24 @@ class Mlp(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+def check_token_mask(mask: torch.Tensor | None, tokens: torch.Tensor, name: str):
+    """RDT's condition mask: a (B, L) bool tensor matching ``tokens``, True for a real token
+    (None: every token is real). Every sample needs one real token, or its attention is empty."""
+    if mask is None:
+        return None
+    want = tuple(tokens.shape[:2])
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != want:
+        got = (f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor)
+               else type(mask).__name__)
+        raise ValueError(f"{name} must be a bool tensor of shape {want} (True = a real token); "
+                         f"got {got}")
+    empty = (~mask.any(dim=1)).nonzero()
+    if len(empty):
+        raise ValueError(f"{name} marks no real token in sample {int(empty[0])}; every sample "
+                         "needs at least one")
+    return mask.to(tokens.device)
+
+
 def _heads(x: torch.Tensor, n: int, heads: int) -> torch.Tensor:
     """(B, T, n*E) -> n tensors (B, heads, T, E/heads)."""
     B, T, _ = x.shape
@@ -102,10 +119,13 @@ class CrossAttention(nn.Module):
         return self.k_norm(k), v
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None,
-                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: (B, L) bool, True for the condition tokens every query may attend to."""
         k, v = kv if kv is not None else self.keys_values(c)
         q = self.q_norm(_heads(self.q(x), 1, self.num_heads)[0])
-        out = F.scaled_dot_product_attention(q, k, v)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).flatten(2))
 
 
@@ -125,16 +145,18 @@ class RDTBlock(nn.Module):
         return self.attn(self.norm1(x))
 
     def ca_branch(self, x: torch.Tensor, c: torch.Tensor | None,
-                  kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                  kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-attention branch; pass ``kv`` (from ``cross_attn.keys_values``) instead of c."""
-        return self.cross_attn(self.norm2(x), c, kv)
+        return self.cross_attn(self.norm2(x), c, kv, mask)
 
     def ffn_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.ffn(self.norm3(x))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.sa_branch(x)
-        x = x + self.ca_branch(x, c)
+        x = x + self.ca_branch(x, c, mask=mask)
         return x + self.ffn_branch(x)
 
 
@@ -149,8 +171,9 @@ class FinalLayer(nn.Module):
 
 
 class RDT(nn.Module):
-    """The DiT of RDT: ``forward(x, freq, t, lang_c, img_c)`` with ``x`` the adapted
-    ``[state, actions]`` tokens and ``lang_c``/``img_c`` the adapted condition tokens."""
+    """The DiT of RDT: ``forward(x, freq, t, lang_c, img_c, lang_mask, img_mask)`` with ``x``
+    the adapted ``[state, actions]`` tokens, ``lang_c``/``img_c`` the adapted condition tokens and
+    their optional (B, L) bool masks (True = a real token)."""
 
     def __init__(self, output_dim: int, horizon: int, hidden_size: int, depth: int,
                  num_heads: int, max_lang_cond_len: int, img_cond_len: int):
@@ -175,19 +198,25 @@ class RDT(nn.Module):
         return lang_c + self.lang_cond_pos_embed[:, : lang_c.shape[1]], \
             img_c + self.img_cond_pos_embed
 
-    def trunk(self, h: torch.Tensor, lang: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+    def trunk(self, h: torch.Tensor, lang: torch.Tensor, img: torch.Tensor,
+              lang_mask: torch.Tensor | None = None,
+              img_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks and final layer over position-embedded trunk tokens; the action outputs."""
+        conds, masks = (lang, img), (lang_mask, img_mask)
         for i, block in enumerate(self.blocks):
-            h = block(h, lang if i % 2 == 0 else img)
+            h = block(h, conds[i % 2], masks[i % 2])
         return self.final_layer(h)[:, -self.horizon:]
 
     def forward(self, x: torch.Tensor, freq: torch.Tensor, t: torch.Tensor,
-                lang_c: torch.Tensor, img_c: torch.Tensor) -> torch.Tensor:
+                lang_c: torch.Tensor, img_c: torch.Tensor, lang_mask: torch.Tensor | None = None,
+                img_mask: torch.Tensor | None = None) -> torch.Tensor:
+        lang_mask = check_token_mask(lang_mask, lang_c, "lang_mask")
+        img_mask = check_token_mask(img_mask, img_c, "img_mask")
         B = x.shape[0]
         t_tok = self.t_embedder(t.reshape(-1).expand(B))[:, None]
         f_tok = self.freq_embedder(freq.reshape(-1).expand(B))[:, None]
         h = torch.cat([t_tok, f_tok, x], dim=1) + self.x_pos_embed
-        return self.trunk(h, *self.condition_tokens(lang_c, img_c))
+        return self.trunk(h, *self.condition_tokens(lang_c, img_c), lang_mask, img_mask)
 
 
 def condition_adapter(kind: str, in_features: int, out_features: int) -> nn.Module:
@@ -209,8 +238,10 @@ class RDTHead(nn.Module):
     the robot's actions occupy its first ``action_dims`` entries (RDT's action mask). ``cond``
     is what :meth:`condition` packs once per observation: ``[frequency token, state token,
     language tokens, image tokens]`` at the hidden size, so each step only embeds the time and
-    the noisy actions. The output is whatever the head was trained to predict (RDT: the clean
-    sample; a flow-matching head: the velocity).
+    the noisy actions. When a token mask pads something, one more channel holds it (1 = real
+    token): the condition stays one tensor, so every path that carries it carries the masks.
+    The output is whatever the head was trained to predict (RDT: the clean sample; a
+    flow-matching head: the velocity).
     """
 
     def __init__(self, state_dim: int = 128, horizon: int = 64, hidden_size: int = 2048,
@@ -256,25 +287,45 @@ class RDTHead(nn.Module):
         return self.state_adaptor(torch.cat([sample, mask], dim=-1))
 
     def condition(self, lang_tokens: torch.Tensor, img_tokens: torch.Tensor,
-                  state: torch.Tensor, ctrl_freq: torch.Tensor) -> torch.Tensor:
+                  state: torch.Tensor, ctrl_freq: torch.Tensor,
+                  lang_mask: torch.Tensor | None = None,
+                  img_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone tokens (B, L, lang_token_dim), (B, img_cond_len, img_token_dim), the state
-        (B, state_dim) and control frequency (B,) -> the packed condition (B, 2+L+I, hidden)."""
+        (B, state_dim), control frequency (B,) and RDT's optional token masks ((B, L) and
+        (B, img_cond_len) bool, True = a real token) -> the packed condition (B, 2+L+I, hidden),
+        or (B, 2+L+I, hidden+1) with the mask channel when a mask pads something."""
+        masks = [check_token_mask(m, tok, name) for m, tok, name in
+                 ((lang_mask, lang_tokens, "lang_mask"), (img_mask, img_tokens, "img_mask"))]
         lang, img = self.model.condition_tokens(self.lang_adaptor(lang_tokens),
                                                 self.img_adaptor(img_tokens))
         mask = self.action_mask.to(state.dtype).expand(*state.shape)
         state_tok = self.state_adaptor(torch.cat([state, mask], dim=-1))[:, None]
         freq_tok = self.model.freq_embedder(ctrl_freq)[:, None]
-        return torch.cat([freq_tok, state_tok, lang, img], dim=1)
+        cond = torch.cat([freq_tok, state_tok, lang, img], dim=1)
+        if all(m is None or bool(m.all()) for m in masks):  # nothing padded: no mask at all
+            return cond
+        keep = [torch.ones(*t.shape[:2], dtype=torch.bool, device=cond.device) if m is None else m
+                for m, t in zip(masks, (lang, img))]
+        keep = torch.cat([keep[0].new_ones(cond.shape[0], 2), *keep], dim=1)
+        return torch.cat([cond, keep.to(cond.dtype)[..., None]], dim=-1)
 
     def split_condition(self, cond: torch.Tensor):
-        """Packed condition -> (frequency and state tokens, language tokens, image tokens)."""
-        n_img = self.model.img_cond_pos_embed.shape[1]
-        return cond[:, :2], cond[:, 2:-n_img], cond[:, -n_img:]
+        """Packed condition -> (frequency and state tokens, language tokens, image tokens,
+        language mask, image mask); the masks are None when the condition has no mask channel."""
+        E, n_img = self.model.x_pos_embed.shape[-1], self.model.img_cond_pos_embed.shape[1]
+        if cond.shape[-1] not in (E, E + 1):
+            raise ValueError(f"the packed condition has width {cond.shape[-1]}; expected {E} "
+                             f"(the hidden size) or {E + 1} (with the token-mask channel)")
+        lang_mask = img_mask = None
+        if cond.shape[-1] == E + 1:
+            keep = cond[..., E] != 0
+            cond, lang_mask, img_mask = cond[..., :E], keep[:, 2:-n_img], keep[:, -n_img:]
+        return cond[:, :2], cond[:, 2:-n_img], cond[:, -n_img:], lang_mask, img_mask
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int | float,
                 cond: torch.Tensor) -> torch.Tensor:
         B = sample.shape[0]
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(B)
-        head, lang, img = self.split_condition(cond)
+        head, lang, img, lang_mask, img_mask = self.split_condition(cond)
         h = torch.cat([self.model.t_embedder(t)[:, None], head, self.adapt_actions(sample)], 1)
-        return self.model.trunk(h + self.model.x_pos_embed, lang, img)
+        return self.model.trunk(h + self.model.x_pos_embed, lang, img, lang_mask, img_mask)

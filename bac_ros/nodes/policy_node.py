@@ -27,14 +27,14 @@ from rclpy.time import Time
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from bac_ros.msg import ActionChunk
-from bac_ros.nodes.convert import MessageError, fill_chunk, stamp_seconds
-from bac_ros.nodes.observer import (
+from bac_ros.io.messages import MessageError, fill_chunk, stamp_seconds
+from bac_ros.io.observer import (
     ObservationAssembler,
     converter,
     observation_sources,
     primary_key,
 )
+from bac_ros.msg import ActionChunk
 from bac_ros.nodes.topics import subscribe_observations
 
 PARAMETERS = {

@@ -18,8 +18,8 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
-from bac_ros.nodes.convert import MessageError, stamp_seconds
-from bac_ros.nodes.observer import (
+from bac_ros.io.messages import MessageError, stamp_seconds
+from bac_ros.io.observer import (
     ObservationAssembler,
     converter,
     observation_sources,

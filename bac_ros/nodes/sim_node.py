@@ -34,8 +34,8 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, String
 
+from bac_ros.io.messages import MessageError, chunk_actions, stamp_seconds
 from bac_ros.msg import ActionChunk
-from bac_ros.nodes.convert import MessageError, chunk_actions, stamp_seconds
 from bac_ros.sim.tasks import make_env, parse_task
 
 PARAMETERS = {

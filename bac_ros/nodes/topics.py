@@ -9,7 +9,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray
 
-from bac_ros.nodes.observer import COMPRESSED, IMAGE, JOINT_STATE, Source
+from bac_ros.io.observer import COMPRESSED, IMAGE, JOINT_STATE, Source
 
 MSG_CLASSES = {IMAGE: Image, COMPRESSED: CompressedImage, JOINT_STATE: JointState}
 

@@ -70,7 +70,8 @@ class VLAPolicy(Policy):
         return [str(t) for t in texts]
 
     def conditions(self, obs: Mapping[str, np.ndarray], batched: bool = False) -> torch.Tensor:
-        """Backbone tokens + newest state + control frequency -> the head's packed condition."""
+        """Backbone tokens (and their masks) + newest state + control frequency -> the head's
+        packed condition."""
         nobs = self.normalized(obs, batched)
         state = nobs[self.state_key][:, -1].flatten(1)
         B = state.shape[0]
@@ -79,14 +80,20 @@ class VLAPolicy(Policy):
         full[:, : state.shape[1]] = state
         freq = torch.full((B,), self.ctrl_freq, device=self.device)
         with torch.inference_mode():
-            lang, img = self.backbone({k: nobs[k].to(self.dtype) for k in self.cameras}, texts)
+            out = self.backbone({k: nobs[k].to(self.dtype) for k in self.cameras}, texts)
+            if not isinstance(out, (tuple, list)) or not 2 <= len(out) <= 4:
+                got = (f"{len(out)} values" if isinstance(out, (tuple, list))
+                       else type(out).__name__)
+                raise ValueError(f"backbone returned {got}; expected (lang, img[, lang_mask"
+                                 "[, img_mask]])")
+            lang, img, lang_mask, img_mask = (*out, None, None)[:4]
             dims = (self.model.config["lang_token_dim"], self.model.config["img_token_dim"])
             if lang.ndim != 3 or img.ndim != 3 or (lang.shape[-1], img.shape[-1]) != dims:
                 raise ValueError(f"backbone returned tokens {tuple(lang.shape)} and "
                                  f"{tuple(img.shape)}; the head expects (B, L, {dims[0]}) and "
                                  f"(B, {self.model.config['img_cond_len']}, {dims[1]})")
             return self.model.condition(lang.to(self.dtype), img.to(self.dtype),
-                                        full.to(self.dtype), freq)
+                                        full.to(self.dtype), freq, lang_mask, img_mask)
 
     def _sample(self, cond: torch.Tensor, generator, plan, recorder=None) -> torch.Tensor:
         shape = (cond.shape[0], self.horizon, self.model.config["state_dim"])

@@ -235,7 +235,7 @@ def rollout_expert(env: MetaWorldEnv, expert, seed: int, noise: float = 0.0,
 def generate_demos(config: MetaWorldTaskConfig, n_episodes: int, seed: int = 0,
                    noise: float = 0.1, with_images: bool = False) -> dict[str, np.ndarray]:
     """``n_episodes`` successful expert episodes from reset seeds ``seed, seed + 1, ...``, in
-    the replay-buffer layout of :mod:`bac_ros.sim.dataset` (failed episodes are skipped and the
+    the replay-buffer layout of :mod:`bac_ros.sim.demos` (failed episodes are skipped and the
     seeds used listed in ``episode_seeds``)."""
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be at least 1, got {n_episodes}")

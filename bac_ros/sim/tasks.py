@@ -49,6 +49,6 @@ def task_demos(task: Task, episodes: int, seed: int = 0, images: bool = False
         from bac_ros.sim.metaworld import generate_demos
 
         return generate_demos(task, episodes, seed=seed, with_images=images)
-    from bac_ros.sim.dataset import generate_demos
+    from bac_ros.sim.demos import generate_demos
 
     return generate_demos(episodes, seed=seed, with_images=images, task=task)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bac_ros.nodes.bag import BagWriter
+from bac_ros.io.bag import BagWriter
 from bac_ros.sim.arm import ArmEnv
 from bac_ros.sim.expert import Expert
 

@@ -1,7 +1,7 @@
 """rosbag2 files (sqlite3 or mcap) through ``rosbags``: no ROS installation needed.
 
 Reading gives the observation histories the policy node would build from the same topics
-(:mod:`bac_ros.nodes.observer`); writing records the bundled task driven by its expert.
+(:mod:`bac_ros.io.observer`); writing records the bundled task driven by its expert.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bac_ros.nodes.convert import MessageError, stamp_seconds
-from bac_ros.nodes.observer import (
+from bac_ros.io.messages import MessageError, stamp_seconds
+from bac_ros.io.observer import (
     IMAGE,
     JOINT_STATE,
     VECTOR,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bac_ros.nodes.convert import compressed_to_rgb, image_to_rgb, joint_positions, vector
+from bac_ros.io.messages import compressed_to_rgb, image_to_rgb, joint_positions, vector
 
 IMAGE, JOINT_STATE, VECTOR = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState", \
     "std_msgs/msg/Float32MultiArray"

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from bac_ros.policy.checkpoint import Checkpoint, load_native
 from bac_ros.policy.policy import Policy
 from bac_ros.sim.arm import LOWDIM_KEYS, ArmTaskConfig, render, sample_episode
-from bac_ros.sim.train import TrainConfig, build_initial
+from bac_ros.train.train import TrainConfig, build_initial
 
 N_JOINTS = 3  # state layout (LOWDIM_KEYS): joints, then the scene (target xy, obstacle xy)
 SCENE = slice(N_JOINTS, 7)

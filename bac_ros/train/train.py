@@ -24,7 +24,7 @@ from bac_ros.policy.build import PAPER_MODEL, new_checkpoint
 from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
 from bac_ros.policy.policy import Policy, resolve_device
 from bac_ros.sim.arm import ArmTaskConfig
-from bac_ros.sim.dataset import SequenceSampler
+from bac_ros.train.dataset import SequenceSampler
 
 # Observation keys per variant: what the policy sees (the camera variant must find target and
 # obstacle in the image; the low-dim variant gets their positions in the state vector).
