@@ -22,6 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# MuJoCo picks its GL backend when it is first imported: offscreen EGL works without a display
+# (Mesa's llvmpipe on a CPU-only machine). Set before metaworld (which imports mujoco) loads.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 #: The tasks this package ships checkpoints for, easiest first (scripted-expert success and
 #: difficulty from Meta-World's own grading and DESIGN.md §6b).
 TASKS = ("drawer-open", "peg-insert-side", "pick-place", "shelf-place")
@@ -120,7 +124,6 @@ class Renderer:
     """
 
     def __init__(self, env, size: int, camera: str):
-        os.environ.setdefault("MUJOCO_GL", "egl")
         import mujoco
 
         env.model.vis.quality.offsamples = 0
