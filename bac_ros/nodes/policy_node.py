@@ -4,7 +4,11 @@ configure loads and validates the checkpoint and schedule (a failure leaves the 
 unconfigured, alive, ready for another try); activate starts inference. Subscriptions only store
 the newest message, and each camera frame (at most one per dt) extends the observation history;
 inference runs on its own thread, at ``rate_hz`` or (0) every ``replan_steps`` new frames.
-Nothing non-finite or outside the action limits is ever published.
+Nothing non-finite, outside the action limits or older than ``max_chunk_age`` is ever published.
+
+Every parameter is live (validated by the same function as at configure, then in force from the
+next chunk), read at configure (refused while configured), or read-only: never accepted and
+ignored. See ``PARAMETERS`` and docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -35,30 +39,56 @@ from bac_ros.io.observer import (
     primary_key,
 )
 from bac_ros.msg import ActionChunk
+from bac_ros.nodes.settings import LiveSettings, live_settings
 from bac_ros.nodes.topics import subscribe_observations
 
+# name: (default, when a change takes effect, description). LIVE: from the next chunk on,
+# after validation; CONFIGURE: read at configure, refused while configured (a reconfigure is
+# needed); START: read once at start, read-only.
+LIVE, CONFIGURE, START = "live", "configure", "start"
 PARAMETERS = {
-    "checkpoint": ("", "policy checkpoint folder (config.yaml + model.safetensors) or .ckpt"),
-    "schedule": ("", "BAC schedule YAML; '' = full compute; 'uniform:N' = uniform caching. "
-                     "Changing it at run time swaps the schedule after validation"),
-    "device": ("auto", "auto | cpu | cuda[:N]"),
-    "dtype": ("float32", "float32 | float16 | bfloat16 (half precision on CUDA only)"),
-    "rate_hz": (0.0, "inference rate; 0 = every replan_steps new observation frames"),
-    "replan_steps": (0, "with rate_hz 0: frames between chunks (0 = the policy's "
-                        "n_action_steps, as it was trained to execute)"),
-    "joint_names": (["joint1", "joint2", "joint3"],
+    "checkpoint": ("", CONFIGURE,
+                   "policy checkpoint folder (config.yaml + model.safetensors) or .ckpt"),
+    "schedule": ("", LIVE, "BAC schedule YAML; '' = full compute; 'uniform:N' = uniform "
+                           "caching; a new value is validated, then swapped between chunks"),
+    "device": ("auto", CONFIGURE, "auto | cpu | cuda[:N]"),
+    "dtype": ("float32", CONFIGURE, "float32 | float16 | bfloat16 (half precision on CUDA only)"),
+    "rate_hz": (0.0, LIVE, "inference rate; 0 = every replan_steps new observation frames"),
+    "replan_steps": (0, LIVE, "with rate_hz 0: frames between chunks (0 = the policy's "
+                              "n_action_steps, as it was trained to execute)"),
+    "joint_names": (["joint1", "joint2", "joint3"], CONFIGURE,
                     "joints read from joint_states, in the policy's order; also the action names"),
-    "action_low": ([-math.inf], "lower action limits per dimension (one value: all dimensions)"),
-    "action_high": ([math.inf], "upper action limits per dimension (one value: all dimensions)"),
-    "limit_mode": ("clip", "clip: clamp out-of-limit actions; refuse: drop the whole chunk"),
-    "compressed_image": (False, "read cameras as sensor_msgs/CompressedImage on <key>/compressed"),
-    "max_obs_age": (0.5, "seconds: no chunk from an observation older than this"),
-    "publish_trajectory": (True, "also publish trajectory_msgs/JointTrajectory"),
-    "seed": (-1, "sampling seed for reproducible chunks (-1: fresh noise every chunk)"),
-    "instruction": ("", "VLA heads: the task instruction ('' = the checkpoint's); the "
-                        "'instruction' topic (std_msgs/String) changes it at run time"),
-    "autostart": (True, "configure and activate at start"),
+    "action_low": ([-math.inf], LIVE,
+                   "lower action limits per dimension (one value: all dimensions)"),
+    "action_high": ([math.inf], LIVE,
+                    "upper action limits per dimension (one value: all dimensions)"),
+    "limit_mode": ("clip", LIVE, "clip: clamp out-of-limit actions; refuse: drop the whole chunk"),
+    "compressed_image": (False, CONFIGURE,
+                         "read cameras as sensor_msgs/CompressedImage on <key>/compressed"),
+    "max_obs_age": (0.5, LIVE, "seconds: no inference on an observation older than this"),
+    "max_chunk_age": (0.0, LIVE, "seconds: a chunk older than this (now - its observation's "
+                                 "stamp) when it would be published is dropped; 0 = 2 x "
+                                 "max_obs_age"),
+    "publish_trajectory": (True, LIVE, "also publish trajectory_msgs/JointTrajectory"),
+    "seed": (-1, LIVE, "sampling seed for reproducible chunks (-1: fresh noise every chunk)"),
+    "instruction": ("", LIVE, "VLA policies only: the task instruction ('' = the checkpoint's); "
+                              "the 'instruction' topic (std_msgs/String) changes it too"),
+    "autostart": (True, START, "configure and activate at start"),
 }
+_WHEN = {LIVE: " Run-time changes take effect from the next chunk.",
+         CONFIGURE: " Read at configure; refused while configured (clean up, set, configure).",
+         START: " Read once at start (read-only)."}
+
+
+def _same(a, b) -> bool:
+    """Parameter values equal (arrays arrive as lists or array.array): loading the whole
+    parameter file again onto a running node changes nothing and is not refused."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    try:
+        return list(a) == list(b)
+    except TypeError:
+        return a == b
 
 
 def _to_time(seconds: float) -> Time:
@@ -68,16 +98,20 @@ def _to_time(seconds: float) -> Time:
 class PolicyNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__("bac_policy", **kwargs)
-        for name, (default, text) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+        for name, (default, when, text) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(
+                description=text + _WHEN[when], read_only=when == START))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
         self.policy = None
+        self.settings: LiveSettings | None = None  # swapped whole, never edited
         self.lock = threading.Lock()
         # Every torch call (loading, inference) runs on this one thread: a second thread calling
         # into torch starts a second OpenMP team, and the two halve CPU inference speed.
         self._torch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bac_inference")
         self._pending = self._again = False
-        self.stats = {"chunks": 0, "stale": 0, "rejected_msgs": 0, "unsafe": 0, "clipped": 0}
+        self.stats = {"chunks": 0, "stale": 0, "late": 0, "rejected_msgs": 0, "unsafe": 0,
+                      "clipped": 0}
         self.latencies: deque = deque(maxlen=50)
         self.overheads: deque = deque(maxlen=50)
         self._received = 0.0
@@ -88,13 +122,17 @@ class PolicyNode(LifecycleNode):
         # Not a lifecycle publisher: a failed configure must be able to say why.
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._entities: list = []
+        self._rate_timer = None
         self._active = False
+
+    def _values(self) -> dict:
+        return {name: self.get_parameter(name).value for name in PARAMETERS}
 
     # -- lifecycle ---------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         from bac_ros.policy.policy import Policy
 
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        p = self._values()
         try:
             if not p["checkpoint"]:
                 raise ValueError("parameter 'checkpoint' is empty; set it to a checkpoint folder")
@@ -104,40 +142,32 @@ class PolicyNode(LifecycleNode):
             sources = observation_sources(policy.obs_spec, p["compressed_image"])
             convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"])
                      for s in sources}
-            low, high = (self._limits(p[k], policy.action_dim) for k in ("action_low",
-                                                                          "action_high"))
-            if np.isnan(low).any() or np.isnan(high).any() or (low > high).any():
-                raise ValueError(f"action limits {low.tolist()} .. {high.tolist()} are not "
-                                 "ordered numbers; expected action_low <= action_high")
-            if p["limit_mode"] not in ("clip", "refuse"):
-                raise ValueError(f"limit_mode is {p['limit_mode']!r}; expected clip or refuse")
+            settings = live_settings(p, policy)
         except Exception as e:  # configure must fail cleanly, whatever went wrong
             self._configure_failed(e, p["checkpoint"])
             return TransitionCallbackReturn.FAILURE
-        # Limits as float32, the type published: a checked value stays inside once sent.
-        self.policy, self.params = policy, p
-        self.low, self.high = low.astype(np.float32), high.astype(np.float32)
-        self.replan_steps = p["replan_steps"] or policy.n_action_steps
-        self._frames_since = self.replan_steps  # the first frame gets a chunk at once
+        # What stays fixed until the next configure (live values are read from self.settings).
+        self.params = {k: v for k, v in p.items() if PARAMETERS[k][1] != LIVE}
+        self.policy, self.settings = policy, settings
+        self._frames_since = settings.replan_steps  # the first frame gets a chunk at once
         self.assembler = ObservationAssembler([s.key for s in sources], policy.n_obs_steps,
-                                              policy.dt, p["max_obs_age"],
+                                              policy.dt, settings.max_obs_age,
                                               primary_key(policy.obs_spec))
-        sensors = MutuallyExclusiveCallbackGroup()
+        sensors = self._sensors = MutuallyExclusiveCallbackGroup()
         self._entities += subscribe_observations(
             self, sources, lambda s, msg: self._on_message(s, convs[s.key], msg), sensors)
         if hasattr(policy, "set_instruction"):  # a VLA: instruction by parameter and topic
+            self._trained_instruction = policy.instruction
             if p["instruction"]:
                 policy.set_instruction(p["instruction"])
             self._entities.append(self.create_subscription(
                 String, "instruction", lambda msg: self._set_instruction(msg.data), 10,
                 callback_group=sensors))
         self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, "action_chunk", 10)
-        self.traj_pub = (self.create_lifecycle_publisher(JointTrajectory, "joint_trajectory", 10)
-                         if p["publish_trajectory"] else None)
+        # Created even when off: publish_trajectory is live and only gates publishing.
+        self.traj_pub = self.create_lifecycle_publisher(JointTrajectory, "joint_trajectory", 10)
         self._entities.append(self.create_timer(1.0, self._diagnostics, callback_group=sensors))
-        if p["rate_hz"] > 0:
-            self._entities.append(self.create_timer(1.0 / p["rate_hz"], self._request_inference,
-                                                    callback_group=sensors))
+        self._set_rate(settings.rate_hz)
         self.get_logger().info(
             f"configured {p['checkpoint']} ({policy.config['policy']['kind']}, "
             f"{policy.sampler['type']} K={policy.num_inference_steps}, schedule "
@@ -154,6 +184,16 @@ class PolicyNode(LifecycleNode):
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(arr)
+
+    def _set_rate(self, rate_hz: float) -> None:
+        """Replace the inference timer: rate_hz > 0 runs at that rate, 0 follows frames."""
+        old, self._rate_timer = self._rate_timer, None
+        if old is not None:
+            old.cancel()
+            self.destroy_timer(old)
+        if rate_hz > 0:
+            self._rate_timer = self.create_timer(1.0 / rate_hz, self._request_inference,
+                                                 callback_group=self._sensors)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._active = True
@@ -173,6 +213,7 @@ class PolicyNode(LifecycleNode):
 
     def _teardown(self) -> None:
         self._active = False
+        self._set_rate(0.0)
         for e in self._entities:
             if hasattr(e, "cancel"):
                 e.cancel()
@@ -208,7 +249,7 @@ class PolicyNode(LifecycleNode):
             jump, self._last_now = self._last_now - now, now
             if jump > 0.01:
                 self.assembler.clear()
-                self._frames_since = self.replan_steps
+                self._frames_since = self.settings.replan_steps
         if jump > 0.01:
             self._warn("clock", f"clock jumped back {jump:.3f} s; observation history cleared")
         return now
@@ -218,10 +259,11 @@ class PolicyNode(LifecycleNode):
         try:
             value = convert(msg)
             now = self._now()
+            s = self.settings
             stamp = stamp_seconds(msg.header) if hasattr(msg, "header") else now
-            if stamp > now + self.params["max_obs_age"]:
+            if stamp > now + s.max_obs_age:
                 raise MessageError(f"stamp {stamp:.3f} lies {stamp - now:.3f} s in the future; "
-                                   f"expected at most max_obs_age={self.params['max_obs_age']}")
+                                   f"expected at most max_obs_age={s.max_obs_age}")
             with self.lock:
                 new_frame = self.assembler.add(source.key, value, stamp)
                 self._received = received
@@ -230,9 +272,9 @@ class PolicyNode(LifecycleNode):
             why = e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
             self._warn(source.topic, f"rejected {source.topic} message: {why}")
             return
-        if new_frame and self.params["rate_hz"] <= 0:
+        if new_frame and s.rate_hz <= 0:
             self._frames_since += 1
-            if self._frames_since >= self.replan_steps:
+            if self._frames_since >= s.replan_steps:
                 self._frames_since = 0
                 self._request_inference()
 
@@ -269,28 +311,29 @@ class PolicyNode(LifecycleNode):
             window, stamp = self.assembler.window()
             received = self._received
             stale = self.assembler.stale_keys(now)
-        if stale or now - stamp > self.params["max_obs_age"]:
+            policy, s = self.policy, self.settings
+        if stale or now - stamp > s.max_obs_age:
             self.stats["stale"] += 1
             self._warn("stale", f"no chunk: observation {stale or 'history'} older than "
-                                f"max_obs_age={self.params['max_obs_age']} s")
+                                f"max_obs_age={s.max_obs_age} s")
             return
-        seed = self.params["seed"]
         t0 = time.perf_counter()
-        with self.lock:
-            policy = self.policy
         try:
-            actions = policy.predict(window, seed=None if seed < 0 else seed)
+            actions = policy.predict(window, seed=s.seed)
         except Exception as e:  # a bad observation must cost a chunk, never the node
             self.stats["unsafe"] += 1
             self._warn("predict", f"no chunk: inference failed ({e})")
             return
         latency = time.perf_counter() - t0
-        actions = self._safe(actions)
+        # The output is checked against the settings in force now, not those at the start: a
+        # limit lowered while this chunk was computed already applies to it.
+        out = self.settings
+        actions = self._safe(actions, out)
         if actions is None:
             return
-        self._publish(actions, stamp, latency, policy, received)
+        self._publish(actions, stamp, latency, policy, received, out)
 
-    def _safe(self, actions: np.ndarray) -> np.ndarray | None:
+    def _safe(self, actions: np.ndarray, s: LiveSettings) -> np.ndarray | None:
         """The chunk as float32 inside the limits, or None (with a diagnostic) when it must not
         be published."""
         with np.errstate(over="ignore"):  # float64 beyond float32 becomes inf: refused below
@@ -299,18 +342,18 @@ class PolicyNode(LifecycleNode):
             self.stats["unsafe"] += 1
             self._warn("nan", "no chunk: the model produced NaN or inf actions")
             return None
-        outside = (actions < self.low) | (actions > self.high)
+        outside = (actions < s.low) | (actions > s.high)
         if outside.any():
-            if self.params["limit_mode"] == "refuse":
+            if s.limit_mode == "refuse":
                 self.stats["unsafe"] += 1
                 self._warn("limits", "no chunk: actions outside action_low/action_high")
                 return None
             self.stats["clipped"] += 1
-            actions = np.clip(actions, self.low, self.high)
+            actions = np.clip(actions, s.low, s.high)
         return actions
 
     def _publish(self, actions: np.ndarray, stamp: float, latency: float, policy,
-                 received: float) -> None:
+                 received: float, s: LiveSettings) -> None:
         chunk_pub, traj_pub = self.__dict__.get("chunk_pub"), self.__dict__.get("traj_pub")
         if chunk_pub is None:  # torn down while this chunk was computed
             return
@@ -319,8 +362,8 @@ class PolicyNode(LifecycleNode):
         names = self.params["joint_names"] if len(self.params["joint_names"]) == \
             actions.shape[1] else policy.action_names
         fill_chunk(msg, actions, names, policy.dt, latency, policy.schedule_id)
-        chunk_pub.publish(msg)
-        if traj_pub is not None:
+        traj = None
+        if s.publish_trajectory:
             traj = JointTrajectory()
             traj.header.stamp = msg.header.stamp
             traj.joint_names = list(names)
@@ -331,6 +374,16 @@ class PolicyNode(LifecycleNode):
                 point.time_from_start.sec = int(t)
                 point.time_from_start.nanosec = int(round((t - int(t)) * 1e9))
                 traj.points.append(point)
+        # The age check is the last thing before sending: inference may have stalled for
+        # seconds (CPU load), and the observation's age was only checked when it started.
+        age = self._now() - stamp
+        if age > s.max_chunk_age:
+            self.stats["late"] += 1
+            self._warn("late", f"no chunk: it was ready {age:.3f} s after its observation, "
+                               f"later than max_chunk_age={s.max_chunk_age} s")
+            return
+        chunk_pub.publish(msg)
+        if traj is not None:
             traj_pub.publish(traj)
         self.stats["chunks"] += 1
         self.latencies.append(latency)
@@ -342,12 +395,13 @@ class PolicyNode(LifecycleNode):
         if self.policy is None:
             return
         now = self._now()
+        s = self.settings
         with self.lock:
             stale = self.assembler.stale_keys(now)
         problem = self.last_problem
         if not problem and stale and self._active:  # no input: no inference ran to say so
             problem = (f"no chunk: observation {stale} missing or older than "
-                       f"max_obs_age={self.params['max_obs_age']} s")
+                       f"max_obs_age={s.max_obs_age} s")
         status = DiagnosticStatus(name="bac_policy", hardware_id=str(self.policy.device))
         status.level = DiagnosticStatus.WARN if problem else DiagnosticStatus.OK
         status.message = problem or ("publishing chunks" if self._active else "inactive")
@@ -363,6 +417,7 @@ class PolicyNode(LifecycleNode):
             "cache_update_ratio": f"{1.0 if plan is None else float(plan.mean()):.4f}",
             "schedule_id": self.policy.schedule_id,
             "stale_inputs": ",".join(stale),
+            "max_chunk_age": f"{s.max_chunk_age:g}",
             **{k: str(v) for k, v in self.stats.items()},
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -372,15 +427,6 @@ class PolicyNode(LifecycleNode):
         self.last_problem = ""
 
     # -- parameters --------------------------------------------------------------------------
-    @staticmethod
-    def _limits(values, dim: int) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
-        if values.size == 1:
-            return np.full(dim, values.item())
-        if values.size != dim:
-            raise ValueError(f"action limits list {values.size} values; expected 1 or {dim}")
-        return values
-
     def _set_instruction(self, text: str) -> None:
         with self.lock:
             if self.policy is None or not hasattr(self.policy, "set_instruction"):
@@ -389,22 +435,54 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(f"instruction now {text!r}")
 
     def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate a change before rclpy stores it: refused with one sentence, or accepted and
+        applied from the next chunk (by :meth:`_after_set_parameters`). Unconfigured, every
+        value is accepted: configure reads and checks them all."""
+        if self.policy is None:
+            return SetParametersResult(successful=True)
         for param in params:
-            if param.name == "instruction" and param.value:
-                self._set_instruction(param.value)
-            if param.name == "schedule" and self.policy is not None:
-                # On the inference thread: a swap never lands in the middle of a chunk. A
-                # schedule file brings its sampler; '' = full compute, the checkpoint's sampler.
-                try:
-                    if param.value:
-                        self._torch.submit(self.policy.set_schedule, param.value).result()
-                    else:
-                        self._torch.submit(self.policy.use_trained_sampler).result()
-                except Exception as e:
-                    return SetParametersResult(successful=False, reason=str(e))
-                self.get_logger().info(
-                    f"schedule now {self.policy.schedule_id or 'full compute'}")
+            if PARAMETERS.get(param.name, (None, LIVE))[1] == CONFIGURE and \
+                    not _same(param.value, self.get_parameter(param.name).value):
+                return SetParametersResult(successful=False, reason=(
+                    f"{param.name} is read at configure only; deactivate and clean up the node, "
+                    "set it, then configure again"))
+        values = {**self._values(), **{p.name: p.value for p in params}}
+        try:
+            live_settings(values, self.policy)
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        schedule = next((p.value for p in params if p.name == "schedule"), None)
+        if schedule is not None:  # last: everything else in this change is valid
+            # On the inference thread: a swap never lands in the middle of a chunk. A
+            # schedule file brings its sampler; '' = full compute, the checkpoint's sampler.
+            try:
+                if schedule:
+                    self._torch.submit(self.policy.set_schedule, schedule).result()
+                else:
+                    self._torch.submit(self.policy.use_trained_sampler).result()
+            except Exception as e:
+                return SetParametersResult(successful=False, reason=str(e))
+            self.get_logger().info(f"schedule now {self.policy.schedule_id or 'full compute'}")
         return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, params) -> None:
+        """Swap in the settings of the values rclpy just stored (validated above)."""
+        if self.policy is None:
+            return
+        names = {p.name for p in params}
+        if "instruction" in names and hasattr(self.policy, "set_instruction"):
+            self._set_instruction(self.get_parameter("instruction").value
+                                  or self._trained_instruction)
+        settings = live_settings(self._values(), self.policy)
+        with self.lock:
+            old, self.settings = self.settings, settings
+            self.assembler.max_age = settings.max_obs_age
+        if settings.rate_hz != old.rate_hz:
+            self._set_rate(settings.rate_hz)
+        changed = [p.name for p in params if PARAMETERS.get(p.name, (None, ""))[1] == LIVE]
+        if changed:
+            self.get_logger().info("now " + ", ".join(
+                f"{n}={self.get_parameter(n).value!r}" for n in changed))
 
 
 def main(args=None) -> int:

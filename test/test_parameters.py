@@ -1,0 +1,429 @@
+"""policy_node parameters at run time: each one takes effect from the next chunk or is refused.
+
+The walk enumerates the parameters the running node declares, so a parameter added without a
+run-time check here fails the test. Effects are observed on what the node publishes over DDS
+(chunk values, stamps, counts, trajectories, /diagnostics counters); refusals on the
+SetParametersResult and the unchanged value. Observations carry identical content, so with a
+fixed seed every chunk is the same: a change shows as an exact difference.
+"""
+
+import math
+import re
+import threading
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from test_reliability import JOINTS, Running, _sec, _values, ckpt, ros, running  # noqa: F401
+
+from bac_ros.models.backbone import TinyBackbone
+from bac_ros.models.normalizer import LinearNormalizer
+from bac_ros.policy.build import new_rdt_checkpoint
+from bac_ros.policy.checkpoint import save_native
+
+pytestmark = pytest.mark.ros
+LAG = 1.0  # every observation is stamped this long ago (see the age checks)
+BASE = {"replan_steps": 1, "rate_hz": 0.0, "seed": 0, "max_obs_age": 5.0,
+        "action_low": [-10.0], "action_high": [10.0]}
+# One bad value per validated parameter, with words of the sentence refusing it.
+BAD = {
+    "action_high": ([math.nan], "are not ordered numbers"),
+    "action_low": ([20.0], "expected action_low <= action_high"),
+    "limit_mode": ("clamp", "expected clip or refuse"),
+    "max_obs_age": (0.0, "expected a positive number of seconds"),
+    "max_chunk_age": (-1.0, "expected 0 or a positive number of seconds"),
+    "seed": (-2, "expected -1 (fresh noise every chunk)"),
+    "rate_hz": (-1.0, "expected 0 (replan by frames) or a positive rate"),
+    "replan_steps": (-1, "expected 0 (the policy's n_action_steps, 4)"),
+    "instruction": ("stack the cups", "takes no instruction"),
+}
+RECONFIGURE = "is read at configure only; deactivate and clean up the node, set it, then configure"
+
+
+class Probe:
+    """Sends one observation at a time (same content every time) and waits for its outcome: a
+    chunk with its stamp, or a /diagnostics counter going up."""
+
+    def __init__(self, r: Running, now=None, size: int = 32):
+        self.r, self.last = r, -math.inf
+        self.now = now or (lambda: r.client.get_clock().now().nanoseconds * 1e-9 - LAG)
+        self.frame = np.random.default_rng(7).integers(0, 256, (size, size, 3), np.uint8)
+
+    def send(self) -> float:
+        """One observation, stamped now (LAG ago on the wall clock), at least one policy dt
+        (0.1 s) after the previous one: the node counts it as a new frame."""
+        t = self.now()
+        while t < self.last + 0.1:
+            self.r.spin(0.02)
+            t = self.now()
+        self.last = t
+        stamp = rclpy.time.Time(nanoseconds=int(round(t * 1e9))).to_msg()
+        js = JointState(name=JOINTS, position=[0.1, 0.2, 0.3])
+        js.header.stamp = stamp
+        self.r.js.publish(js)
+        self.r.spin(0.03)  # joints first: a camera frame needs a fresh joint state to count
+        h, w = self.frame.shape[:2]
+        img = Image(height=h, width=w, encoding="rgb8", step=3 * w, data=self.frame.tobytes())
+        img.header.stamp = stamp
+        self.r.img.publish(img)
+        return t
+
+    def stamps(self, chunks) -> list[float]:
+        return [round(_sec(c.header.stamp), 6) for c in chunks]
+
+    def chunk(self, tries: int = 3):
+        """Send until a chunk answers the observation (a best-effort frame may be lost):
+        (stamp, actions (n_action_steps, action_dim), message)."""
+        for _ in range(tries):
+            t = round(self.send(), 6)
+            if self.r.spin(5, lambda t=t: t in self.stamps(self.r.chunks)):
+                msg = self.r.chunks[self.stamps(self.r.chunks).index(t)]
+                if self.r.node.get_parameter("publish_trajectory").value:  # it follows
+                    assert self.r.spin(5, lambda t=t: t in self.stamps(self.r.trajs))
+                return t, np.asarray(msg.actions, np.float32).reshape(
+                    msg.horizon, msg.action_dim), msg
+        raise AssertionError("no chunk answered the observation")
+
+    def counter(self, key: str) -> int:
+        return int(_values(self.r.diags[-1])[key]) if self.r.diags else 0
+
+    def dropped(self, key: str, tries: int = 3) -> float:
+        """Send until the /diagnostics counter ``key`` goes up; the observation's stamp."""
+        before = self.counter(key)
+        for _ in range(tries):
+            t = round(self.send(), 6)
+            if self.r.spin(5, lambda: self.counter(key) > before):
+                return t
+        raise AssertionError(f"diagnostic counter {key} stayed at {before}")
+
+    def said(self, words: str, since: int) -> bool:
+        """Some /diagnostics message from ``since`` on says ``words`` (waits for the next)."""
+        return self.r.spin(5, lambda: any(words in d.message for d in self.r.diags[since:]))
+
+    def assert_unanswered(self, t: float) -> None:
+        """No chunk carries stamp ``t``; call after a later chunk arrived (one FIFO topic)."""
+        assert t not in self.stamps(self.r.chunks)
+
+    def set(self, **values) -> None:
+        res = self.r.node.set_parameters_atomically(
+            [Parameter(k, value=v) for k, v in values.items()])
+        assert res.successful, res.reason
+
+    def refuse(self, name: str, value, words: str = "") -> str:
+        before = self.r.node.get_parameter(name).value
+        res = self.r.node.set_parameters([Parameter(name, value=value)])[0]
+        assert not res.successful and res.reason and words in res.reason, res.reason
+        assert self.r.node.get_parameter(name).value == before
+        return res.reason
+
+    def refuse_bad(self, name: str) -> None:
+        self.refuse(name, *BAD[name])
+
+
+class SimClock:
+    """/clock, moved by hand."""
+
+    def __init__(self, r: Running, start: float):
+        self.r, self.t = r, start
+        self.pub = r.client.create_publisher(Clock, "/clock", 10)
+
+    def advance(self, dt: float = 0.0) -> bool:
+        """Publish sim time ``dt`` later; True once the node's clock shows it."""
+        self.t += dt
+        self.pub.publish(Clock(clock=rclpy.time.Time(nanoseconds=int(self.t * 1e9)).to_msg()))
+        return abs(self.r.node.get_clock().now().nanoseconds * 1e-9 - self.t) < 1e-6
+
+    def now(self) -> float:
+        """For :class:`Probe`: each observation one policy dt of sim time after the last."""
+        self.advance(0.1)
+        return self.t
+
+
+# -- one check per parameter -----------------------------------------------------------------
+def check_action_high(p: Probe) -> None:
+    _, base, _ = p.chunk()
+    high = float(np.median(base))
+    p.set(action_high=[high])
+    p.r.high = np.float32(high)  # the client's safety tally follows the lowered limit
+    _, got, _ = p.chunk()
+    np.testing.assert_array_equal(got, np.minimum(base, np.float32(high)))
+    p.refuse_bad("action_high")
+    p.refuse("action_high", [1.0, 2.0], "expected 1 or 3 (one per action dimension)")
+    np.testing.assert_array_equal(p.chunk()[1], got)  # the refusals changed nothing
+    p.set(action_high=[10.0])
+    p.r.high = np.float32(10.0)
+    np.testing.assert_array_equal(p.chunk()[1], base)
+
+
+def check_action_low(p: Probe) -> None:
+    _, base, _ = p.chunk()
+    low = float(np.median(base))
+    p.set(action_low=[low])
+    p.r.low = np.float32(low)
+    np.testing.assert_array_equal(p.chunk()[1], np.maximum(base, np.float32(low)))
+    p.refuse_bad("action_low")
+    p.set(action_low=[-10.0])
+    p.r.low = np.float32(-10.0)
+
+
+def check_limit_mode(p: Probe) -> None:
+    _, base, _ = p.chunk()
+    high = float(np.median(base))
+    # A bad value in an atomic change refuses all of it: the limit stays as it was.
+    res = p.r.node.set_parameters_atomically([Parameter("action_high", value=[high]),
+                                              Parameter("limit_mode", value="clamp")])
+    assert not res.successful and "expected clip or refuse" in res.reason
+    assert list(p.r.node.get_parameter("action_high").value) == [10.0]
+    p.set(action_high=[high], limit_mode="refuse")  # limit and mode in one change
+    p.r.high = np.float32(high)
+    refused = p.dropped("unsafe")
+    p.refuse_bad("limit_mode")
+    p.set(limit_mode="clip")
+    np.testing.assert_array_equal(p.chunk()[1], np.minimum(base, np.float32(high)))
+    p.assert_unanswered(refused)
+    p.set(action_high=[10.0])
+    p.r.high = np.float32(10.0)
+
+
+def check_seed(p: Probe) -> None:
+    _, zero, _ = p.chunk()
+    p.set(seed=1)
+    one = p.chunk()[1]
+    assert not np.array_equal(one, zero)
+    np.testing.assert_array_equal(p.chunk()[1], one)
+    p.set(seed=-1)
+    assert not np.array_equal(p.chunk()[1], p.chunk()[1])  # fresh noise every chunk
+    p.refuse_bad("seed")
+    p.set(seed=0)
+    np.testing.assert_array_equal(p.chunk()[1], zero)
+
+
+def check_rate_hz(p: Probe) -> None:
+    p.set(rate_hz=20.0)
+    t = round(p.send(), 6)
+    # On a timer the node re-plans from the newest observation: one frame, many chunks. By
+    # frames (rate_hz 0) a frame is answered once.
+    assert p.r.spin(20, lambda: p.stamps(p.r.chunks).count(t) >= 3)
+    p.refuse_bad("rate_hz")
+    p.set(rate_hz=0.0)
+    first, _, _ = p.chunk()
+    p.r.spin(0.5)  # ten periods of the old timer: it would have answered `first` again
+    p.chunk()
+    assert p.stamps(p.r.chunks).count(first) == 1
+
+
+def check_replan_steps(p: Probe) -> None:
+    p.set(replan_steps=3)
+    for _ in range(2):
+        n = len(p.r.chunks)
+        sent = [round(p.send(), 6) for _ in range(3)]
+        assert p.r.spin(10, lambda n=n: len(p.r.chunks) > n)
+        assert p.stamps(p.r.chunks)[n] == sent[2]  # every third frame is answered
+    p.refuse_bad("replan_steps")
+    p.set(replan_steps=1)
+    p.chunk()
+
+
+def check_publish_trajectory(p: Probe) -> None:
+    p.set(publish_trajectory=False)
+    off, _, _ = p.chunk()
+    p.set(publish_trajectory=True)
+    on, actions, _ = p.chunk()
+    assert p.r.spin(5, lambda: on in p.stamps(p.r.trajs))
+    assert off not in p.stamps(p.r.trajs)  # one FIFO topic: it would have come before `on`
+    traj = p.r.trajs[p.stamps(p.r.trajs).index(on)]
+    np.testing.assert_array_equal(np.asarray([pt.positions for pt in traj.points], np.float32),
+                                  actions)
+
+
+def check_max_obs_age(p: Probe) -> None:
+    p.set(max_obs_age=LAG / 2)  # the observations (LAG old) are now too old to infer from
+    n = len(p.r.diags)
+    old = p.dropped("stale")
+    assert p.said("older than max_obs_age=0.5", n)
+    p.refuse_bad("max_obs_age")
+    p.refuse("max_obs_age", math.nan, "expected a positive number of seconds")
+    p.set(max_obs_age=5.0)
+    p.chunk()
+    p.assert_unanswered(old)
+
+
+def check_max_chunk_age(p: Probe) -> None:
+    # 0 (the default): 2 x max_obs_age, following max_obs_age's changes
+    assert p.r.spin(5, lambda: _values(p.r.diags[-1])["max_chunk_age"] == "10")
+    p.set(max_chunk_age=LAG / 2)  # fresh enough to start, too old to publish
+    n = len(p.r.diags)
+    late = p.dropped("late")
+    assert p.said("later than max_chunk_age=0.5 s", n)
+    p.refuse_bad("max_chunk_age")
+    p.set(max_chunk_age=0.0)
+    p.chunk()
+    p.assert_unanswered(late)
+
+
+def check_schedule(p: Probe) -> None:
+    p.set(schedule="uniform:2")
+    assert p.chunk()[2].schedule_id == "uniform:2"
+    words = "does not exist"
+    p.refuse("schedule", "/nonexistent/schedule.yaml", words)
+    assert p.chunk()[2].schedule_id == "uniform:2"
+    p.set(schedule="")
+    assert p.chunk()[2].schedule_id == ""
+
+
+def check_instruction(p: Probe) -> None:
+    """A DP-T takes no instruction (the VLA's live instruction: the test further down)."""
+    p.refuse_bad("instruction")
+    p.chunk()
+
+
+def refused_while_configured(name: str, value, words: str):
+    def check(p: Probe) -> None:
+        p.refuse(name, value, words)
+        if words == RECONFIGURE:  # the same value again (a whole parameter file reloaded)
+            p.set(**{name: p.r.node.get_parameter(name).value})
+        p.chunk()  # still serving, as before
+    return check
+
+
+def check_use_sim_time(p: Probe) -> None:
+    """rclpy's own: the node's clock switches to /clock. An observation stamped on the sim
+    clock (1000 s) is answered; on the wall clock it would be ages old."""
+    clock = SimClock(p.r, 1000.0)
+    p.set(use_sim_time=True)
+    assert p.r.spin(10, clock.advance)
+    wall, p.now, p.last = p.now, clock.now, -math.inf
+    t, _, _ = p.chunk()
+    assert 1000.0 < t < 1001.0
+    p.set(use_sim_time=False)
+    p.now = wall
+    assert p.chunk()[0] > 1e9
+
+
+CHECKS = {
+    "action_high": check_action_high,
+    "action_low": check_action_low,
+    "limit_mode": check_limit_mode,
+    "seed": check_seed,
+    "rate_hz": check_rate_hz,
+    "replan_steps": check_replan_steps,
+    "publish_trajectory": check_publish_trajectory,
+    "max_obs_age": check_max_obs_age,
+    "max_chunk_age": check_max_chunk_age,
+    "schedule": check_schedule,
+    "instruction": check_instruction,
+    **{name: refused_while_configured(name, value, RECONFIGURE) for name, value in (
+        ("checkpoint", "/elsewhere/model"), ("device", "cuda"), ("dtype", "float16"),
+        ("joint_names", ["j1", "j2", "j3"]), ("compressed_image", True))},
+    # read-only (autostart: ours, start_type_description_service: rclpy's)
+    **{name: refused_while_configured(name, False, "read-only")
+       for name in ("autostart", "start_type_description_service")},
+    "use_sim_time": check_use_sim_time,  # last: it moves the clock
+}
+
+
+def test_every_parameter_takes_effect_at_run_time_or_is_refused(running, ckpt):  # noqa: F811
+    r = running({"checkpoint": str(ckpt), **BASE})
+    r.wait_connected()
+    declared = set(r.node.list_parameters([], 0).names)
+    assert declared == set(CHECKS), (f"parameters without a run-time check: "
+                                      f"{sorted(declared - set(CHECKS))}; checks of no "
+                                      f"parameter: {sorted(set(CHECKS) - declared)}")
+    p = Probe(r)
+    for check in CHECKS.values():
+        check(p)
+
+
+def test_a_bad_value_is_refused_alike_at_configure_and_at_run_time(running, ckpt):  # noqa: F811
+    """One validation function serves both: the sentences cannot drift apart."""
+    r = running({"checkpoint": str(ckpt), "autostart": False, **BASE}, configure=False)
+    node, at_configure = r.node, {}
+    for name, (value, _) in BAD.items():
+        good = node.get_parameter(name).value
+        assert node.set_parameters([Parameter(name, value=value)])[0].successful  # unconfigured
+        start = len(r.diags)
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE, name
+        assert r.spin(5, lambda start=start: len(r.diags) > start)
+        at_configure[name] = r.diags[start].message
+        node.set_parameters([Parameter(name, value=good)])
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    node.trigger_activate()
+    p = Probe(r)
+    for name, (value, words) in BAD.items():
+        reason = p.refuse(name, value, words)
+        assert at_configure[name] == f"configure failed: {reason}", name
+
+
+# -- a chunk that finishes too late ----------------------------------------------------------
+GATE, ENTERED = threading.Event(), threading.Event()
+
+
+class GatedBackbone(TinyBackbone):
+    """A condition provider that stalls until the test opens the gate, as a VLM behind an
+    overloaded GPU or a swapping host would. Attached the way a robot attaches its VLM: the
+    checkpoint names the factory (``backbone: {type: callable, factory: ...}``)."""
+
+    def forward(self, images, instructions):
+        ENTERED.set()
+        if not GATE.wait(timeout=120):
+            raise RuntimeError("the test never opened the gate")
+        return super().forward(images, instructions)
+
+
+@pytest.fixture(scope="module")
+def gated_vla(tmp_path_factory):
+    norm = LinearNormalizer()
+    norm.fit_image_range("image")
+    norm.fit_limits("joints", torch.rand(64, 3) * 2 - 1)
+    norm.fit_limits("action", torch.rand(64, 3) * 2 - 1)
+    obs = {"image": {"shape": [3, 16, 16], "type": "rgb"},
+           "joints": {"shape": [3], "type": "low_dim"}}
+    vla = new_rdt_checkpoint(obs, 3, norm, dict(depth=2, hidden_size=32, num_heads=4),
+                              horizon=8, n_action_steps=4, num_inference_steps=4,
+                              instruction="pick up the red block")
+    kwargs = {k: v for k, v in vla.config["backbone"].items() if k != "type"}
+    vla.config["backbone"] = {"type": "callable", "factory": f"{__name__}:GatedBackbone",
+                              "kwargs": kwargs}
+    vla.tensors = {k: v for k, v in vla.tensors.items() if not k.startswith("backbone.")}
+    return save_native(vla, tmp_path_factory.mktemp("gated") / "vla")
+
+
+def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_vla):  # noqa: F811
+    """On sim time: the model stalls while the clock moves 10 s (ten times the derived bound
+    2 x max_obs_age = 1 s); the finished chunk is dropped, counted and said in /diagnostics.
+    Then the same model, no longer stalled, publishes; its instruction is live as well."""
+    GATE.clear()
+    ENTERED.clear()
+    r = running({"checkpoint": str(gated_vla), "use_sim_time": True, "replan_steps": 1,
+                 "max_obs_age": 0.5, "seed": 0})
+    clock = SimClock(r, 100.0)
+    r.wait_connected()
+    assert r.spin(10, clock.advance)
+    p = Probe(r, now=clock.now, size=16)
+    p.send()
+    assert r.spin(30, ENTERED.is_set)  # inference started and is stuck in the backbone
+    clock.advance(10.0)
+    assert r.spin(10, clock.advance)  # the node's clock has moved on
+    GATE.set()
+
+    def counted(key: str, at_least: int) -> bool:
+        clock.advance(0.05)  # sim time drives the 1 Hz diagnostics
+        return bool(r.diags) and int(_values(r.diags[-1])[key]) >= at_least
+
+    assert r.spin(30, lambda: counted("late", 1))
+    said = [d.message for d in r.diags if "later than max_chunk_age=1.0 s" in d.message]
+    assert said and float(re.search(r"ready ([0-9.]+) s after", said[0]).group(1)) >= 10.0
+    assert _values(r.diags[-1])["max_chunk_age"] == "1" and r.chunks == [] and r.trajs == []
+
+    _, trained, _ = p.chunk()  # the gate stays open: a fast model publishes normally
+    p.set(instruction="open the drawer")
+    assert not np.array_equal(p.chunk()[1], trained)
+    p.set(instruction="")  # '' = the checkpoint's instruction again
+    np.testing.assert_array_equal(p.chunk()[1], trained)
+    assert r.spin(10, lambda: counted("chunks", 3))
+    assert _values(r.diags[-1])["late"] == "1"
