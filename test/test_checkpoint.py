@@ -1,17 +1,35 @@
 """Checkpoints: Chi et al.'s on-disk .ckpt format -> import -> native -> reload, same actions."""
 
-import dill
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import yaml
+from chi_fixtures import (
+    ACT_DIM,
+    AGENT_POS,
+    H_IMG,
+    IMG,
+    OBS_DIM,
+    TA,
+    TO,
+    H,
+    HybridPolicy,
+    LowdimPolicy,
+    hybrid_cfg,
+    lowdim_cfg,
+    unet_lowdim_cfg,
+    write_cfg_only_ckpt,
+    write_workspace_ckpt,
+)
 from omegaconf import OmegaConf
-from test_dpt import ReferenceDPT
-from torch import nn
 
 from bac_ros.cache.schedulers import DEFAULT_SCHEDULER, build_scheduler
-from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.models.vision import build_obs_encoder
+from bac_ros.cli import main
 from bac_ros.policy.checkpoint import (
+    IMPORTER_VERSION,
     CheckpointError,
     import_chi_ckpt,
     load_native,
@@ -19,79 +37,16 @@ from bac_ros.policy.checkpoint import (
 )
 from bac_ros.policy.policy import ObservationError, Policy
 
-OBS_DIM, ACT_DIM, H, TO, TA = 6, 2, 8, 2, 4
+ROOT = Path(__file__).resolve().parents[1]
 
-
-def _lowdim_cfg():
-    """A workspace config shaped like Chi et al.'s train_diffusion_transformer_lowdim_workspace."""
-    return OmegaConf.create({
-        "name": "train_diffusion_transformer_lowdim",
-        "_target_": "diffusion_policy.workspace.train_diffusion_transformer_lowdim_workspace."
-                    "TrainDiffusionTransformerLowdimWorkspace",
-        "obs_dim": OBS_DIM, "action_dim": ACT_DIM, "horizon": H, "n_obs_steps": TO,
-        "n_action_steps": TA, "n_latency_steps": 0, "past_action_visible": False,
-        "obs_as_cond": True, "pred_action_steps_only": False,
-        "policy": {
-            "_target_": "diffusion_policy.policy.diffusion_transformer_lowdim_policy."
-                        "DiffusionTransformerLowdimPolicy",
-            "model": {
-                "_target_": "diffusion_policy.model.diffusion.transformer_for_diffusion."
-                            "TransformerForDiffusion",
-                "input_dim": "${eval:'${action_dim} if ${obs_as_cond} else ${obs_dim} + "
-                             "${action_dim}'}",
-                "output_dim": "${policy.model.input_dim}",
-                "horizon": "${horizon}", "n_obs_steps": "${n_obs_steps}",
-                "cond_dim": "${eval:'${obs_dim} if ${obs_as_cond} else 0'}",
-                "n_layer": 2, "n_head": 2, "n_emb": 32, "p_drop_emb": 0.0, "p_drop_attn": 0.3,
-                "causal_attn": True, "time_as_cond": True, "obs_as_cond": "${obs_as_cond}",
-                "n_cond_layers": 0,
-            },
-            "noise_scheduler": {"_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
-                                **{k: v for k, v in DEFAULT_SCHEDULER.items() if k != "type"}},
-            "horizon": "${horizon}", "obs_dim": "${obs_dim}", "action_dim": "${action_dim}",
-            "n_action_steps": "${eval:'${n_action_steps}+${n_latency_steps}'}",
-            "n_obs_steps": "${n_obs_steps}", "num_inference_steps": 10,
-            "obs_as_cond": "${obs_as_cond}", "pred_action_steps_only": "${pred_action_steps_only}",
-            "oa_step_convention": True,
-        },
-        "training": {"use_ema": True, "seed": 42},
-        "task": {"name": "toy"},
-    })
-
-
-class ChiLowdimPolicyWeights(nn.Module):
-    """The tensors of DiffusionTransformerLowdimPolicy: model.*, normalizer.* (mask generator
-    has none)."""
-
-    def __init__(self):
-        super().__init__()
-        self.model = ReferenceDPT(ACT_DIM, ACT_DIM, H, TO, OBS_DIM, 2, 2, 32, True, True, 0)
-        g = torch.Generator().manual_seed(3)
-        with torch.no_grad():
-            for p in self.model.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        self.normalizer = LinearNormalizer()
-        self.normalizer.fit_limits("obs", torch.randn(100, OBS_DIM, generator=g) * 3)
-        self.normalizer.fit_limits("action", torch.rand(100, ACT_DIM, generator=g) * 2 - 0.5)
-
-
-def _write_chi_ckpt(path, cfg, policy_weights):
-    """As diffusion_policy's BaseWorkspace.save_checkpoint writes it."""
-    ema = policy_weights.state_dict()
-    model = {k: v + 1.0 if v.is_floating_point() and v.numel() else v for k, v in ema.items()}
-    payload = {
-        "cfg": cfg,
-        "state_dicts": {"model": model, "ema_model": ema,
-                        "optimizer": torch.optim.AdamW([nn.Parameter(torch.zeros(1))])
-                        .state_dict()},
-        "pickles": {"_output_dir": dill.dumps("/tmp/outputs/2026.11.25")},
-    }
-    with open(path, "wb") as f:
-        torch.save(payload, f, pickle_module=dill)
+# Where each accepted class's predict_action starts the executed chunk, as its source reads
+# (``start = To - 1; end = start + self.n_action_steps``), written out independently of bac_ros.
+AUTHORS_START = {"DiffusionTransformerLowdimPolicy": TO - 1,
+                 "DiffusionTransformerHybridImagePolicy": TO - 1}
 
 
 def _chi_predict_lowdim(weights, obs, seed, K=10):
-    """Chi et al.'s predict_action for the low-dim transformer policy, written out."""
+    """DiffusionTransformerLowdimPolicy.predict_action (obs as condition), written out."""
     nobs = weights.normalizer.normalize("obs", torch.as_tensor(obs)[None])
     cond = nobs[:, :TO]
     s = build_scheduler(DEFAULT_SCHEDULER)
@@ -102,20 +57,25 @@ def _chi_predict_lowdim(weights, obs, seed, K=10):
         for t in s.timesteps:
             x = s.step(weights.model.eval()(x, int(t), cond), t, x, generator=g).prev_sample
     pred = weights.normalizer.unnormalize("action", x)
-    return pred[0, TO - 1 : TO - 1 + TA].numpy()
+    start = TO - 1
+    return pred[0, start : start + TA].numpy()
 
 
 @pytest.fixture
 def lowdim_ckpt(tmp_path):
-    weights = ChiLowdimPolicyWeights()
+    weights = LowdimPolicy()
     path = tmp_path / "epoch=0100-test_mean_score=0.900.ckpt"
-    _write_chi_ckpt(path, _lowdim_cfg(), weights)
+    write_workspace_ckpt(path, lowdim_cfg(), weights)
     return path, weights
+
+
+def _lowdim_obs(seed, steps=TO):
+    return {"obs": np.random.default_rng(seed).normal(size=(steps, OBS_DIM)).astype(np.float32)}
 
 
 def test_import_convert_reload_gives_identical_actions(lowdim_ckpt, tmp_path):
     path, weights = lowdim_ckpt
-    obs = {"obs": np.random.default_rng(0).normal(size=(TO, OBS_DIM)).astype(np.float32)}
+    obs = _lowdim_obs(0)
     imported = Policy.from_pretrained(path, device="cpu")
     a = imported.predict(obs, seed=7)
     assert a.shape == (TA, ACT_DIM) and a.dtype == np.float32
@@ -140,24 +100,48 @@ def test_import_convert_reload_gives_identical_actions(lowdim_ckpt, tmp_path):
         imported.fingerprint
 
 
-def test_predict_is_deterministic_and_slices_the_chunk(lowdim_ckpt):
-    policy = Policy.from_pretrained(lowdim_ckpt[0], device="cpu")
-    obs = {"obs": np.random.default_rng(1).normal(size=(3, OBS_DIM))}  # longer history: last To
+@pytest.fixture(params=["DiffusionTransformerLowdimPolicy",
+                        "DiffusionTransformerHybridImagePolicy"])
+def each_class(request, tmp_path):
+    """(policy class, .ckpt, one observation history) for each class bac_ros imports."""
+    path = tmp_path / "latest.ckpt"
+    rng = np.random.default_rng(1)
+    if request.param == "DiffusionTransformerLowdimPolicy":
+        write_workspace_ckpt(path, lowdim_cfg(), LowdimPolicy())
+        obs = _lowdim_obs(1, steps=3)  # a longer history: the policy takes the last To
+    else:
+        write_workspace_ckpt(path, hybrid_cfg(), HybridPolicy())
+        obs = {"image": rng.integers(0, 256, size=(TO, IMG[1], IMG[2], 3), dtype=np.uint8),
+               "agent_pos": rng.random((TO, AGENT_POS)).astype(np.float32) * 500}
+    return request.param, path, obs
+
+
+def test_executed_chunk_is_the_policy_class_slice(each_class, tmp_path):
+    cls, path, obs = each_class
+    policy = Policy.from_pretrained(path, device="cpu")
     a, b = policy.predict(obs, seed=11), policy.predict(obs, seed=11)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, policy.predict(obs, seed=12))
-    full = policy.predict_horizon(obs, seed=11)
-    assert full.shape == (H, ACT_DIM)
-    np.testing.assert_array_equal(a, full[TO - 1 : TO - 1 + TA])
-    batched = policy.predict({"obs": np.stack([obs["obs"]] * 3)}, seed=11, batched=True)
-    assert batched.shape == (3, TA, ACT_DIM)
+    full = policy.predict_horizon(obs, seed=11)  # the whole action_pred, same noise
+    assert full.shape == (policy.horizon, ACT_DIM)
+    start = AUTHORS_START[cls]
+    np.testing.assert_array_equal(a, full[start : start + TA])
+    assert not np.allclose(a, full[TO : TO + TA])  # the old importer's low-dim chunk
+    # bac convert records the rule; the converted folder executes the same chunk.
+    assert main(["convert", str(path), str(tmp_path / "native")]) == 0
+    source = yaml.safe_load((tmp_path / "native" / "config.yaml").read_text())["source"]
+    assert source == {"imported_from": "latest.ckpt", "policy_class": cls, "weights": "ema_model",
+                      "importer_version": IMPORTER_VERSION,
+                      "action_slice": "action_pred[n_obs_steps-1 : n_obs_steps-1+n_action_steps]"}
+    native = Policy.from_pretrained(tmp_path / "native", device="cpu")
+    np.testing.assert_array_equal(native.predict(obs, seed=11), a)
 
 
 def test_bad_observations_are_named(lowdim_ckpt):
     policy = Policy.from_pretrained(lowdim_ckpt[0], device="cpu")
     with pytest.raises(ObservationError, match="missing \\['obs'\\]"):
         policy.predict({"state": np.zeros((2, OBS_DIM))})
-    with pytest.raises(ObservationError, match="expected \\(2, 6\\)"):
+    with pytest.raises(ObservationError, match="expected \\(2, 20\\)"):
         policy.predict({"obs": np.zeros((2, 5))})
     with pytest.raises(ObservationError, match="holds 1 steps"):
         policy.predict({"obs": np.zeros((1, OBS_DIM))})
@@ -174,13 +158,10 @@ def test_bad_checkpoints_are_named(lowdim_ckpt, tmp_path):
     junk.write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="cannot be read"):
         Policy.from_pretrained(junk)
-    other = tmp_path / "other.ckpt"
-    torch.save({"cfg": OmegaConf.create({"policy": {"_target_": "x.DiffusionUnetLowdimPolicy",
-                                                    "horizon": 1, "n_obs_steps": 1,
-                                                    "n_action_steps": 1}}),
-                "state_dicts": {"model": {}}}, other, pickle_module=dill)
-    with pytest.raises(CheckpointError, match="DiffusionUnetLowdimPolicy"):
-        Policy.from_pretrained(other)
+    latency = tmp_path / "latency.ckpt"
+    write_cfg_only_ckpt(latency, lowdim_cfg(overrides=["n_latency_steps=1"]))
+    with pytest.raises(CheckpointError, match="n_latency_steps=1, whose env runners drop"):
+        Policy.from_pretrained(latency)
     ckpt = import_chi_ckpt(lowdim_ckpt[0])
     del ckpt.tensors["model.head.weight"]
     save_native(ckpt, tmp_path / "missing")
@@ -197,71 +178,118 @@ def test_bad_checkpoints_are_named(lowdim_ckpt, tmp_path):
         load_native(good)
 
 
-IMG = (3, 32, 32)
+def test_unet_policy_is_refused_with_one_sentence(tmp_path, capsys):
+    path = tmp_path / "unet.ckpt"
+    write_cfg_only_ckpt(path, unet_lowdim_cfg())
+    with pytest.raises(CheckpointError) as err:
+        Policy.from_pretrained(path)
+    msg = str(err.value)
+    assert "holds a DiffusionUnetLowdimPolicy; bac_ros imports only the transformer policies " \
+           "(DiffusionTransformerLowdimPolicy, DiffusionTransformerHybridImagePolicy)" in msg
+    assert "\n" not in msg
+    assert main(["convert", str(path), str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == f"bac convert: error: {msg}"
+    assert not (tmp_path / "out").exists()
 
 
-def _hybrid_cfg():
-    return OmegaConf.create({
-        "name": "train_diffusion_transformer_hybrid",
-        "shape_meta": {"obs": {"image": {"shape": list(IMG), "type": "rgb"},
-                               "agent_pos": {"shape": [2], "type": "low_dim"}},
-                       "action": {"shape": [ACT_DIM]}},
-        "horizon": H, "n_obs_steps": TO, "n_action_steps": TA, "obs_as_cond": True,
-        "policy": {
-            "_target_": "diffusion_policy.policy.diffusion_transformer_hybrid_image_policy."
-                        "DiffusionTransformerHybridImagePolicy",
-            "shape_meta": "${shape_meta}",
-            "noise_scheduler": {"_target_": "diffusers.schedulers.scheduling_ddpm.DDPMScheduler",
-                                **{k: v for k, v in DEFAULT_SCHEDULER.items() if k != "type"}},
-            "horizon": "${horizon}", "n_action_steps": "${n_action_steps}",
-            "n_obs_steps": "${n_obs_steps}", "num_inference_steps": 6, "crop_shape": [28, 28],
-            "obs_encoder_group_norm": True, "eval_fixed_crop": True, "n_layer": 2,
-            "n_cond_layers": 0, "n_head": 2, "n_emb": 32, "p_drop_emb": 0.0, "p_drop_attn": 0.3,
-            "causal_attn": True, "time_as_cond": True, "obs_as_cond": "${obs_as_cond}",
-            "pred_action_steps_only": False,
-        },
-        "training": {"use_ema": True},
-    })
+def test_folders_of_an_older_importer_are_refused(lowdim_ckpt, tmp_path):
+    path = lowdim_ckpt[0]
+    folder = tmp_path / "mine"
+    assert main(["convert", str(path), str(folder)]) == 0
+    cfg_file = folder / "config.yaml"
+    config = yaml.safe_load(cfg_file.read_text())
+    # What importer version 1 wrote: no rule recorded, the low-dim chunk started at To.
+    old = dict(config, source={"imported_from": path.name, "weights": "ema_model"})
+    old["policy"] = dict(config["policy"], action_offset=TO)
+    for source, match in [
+        (old["source"], "older bac_ros importer \\(version 1\\) that executed low-dim"),
+        (dict(config["source"], importer_version=1), "older bac_ros importer \\(version 1\\)"),
+        (dict(config["source"], importer_version=IMPORTER_VERSION + 1), "newer bac_ros"),
+    ]:
+        cfg_file.write_text(yaml.safe_dump(dict(old, source=source), sort_keys=False))
+        with pytest.raises(CheckpointError, match=match) as err:
+            Policy.from_pretrained(folder, device="cpu")
+        assert "re-convert" in str(err.value) and "`bac convert" in str(err.value)
+    # Re-converting as told gives a folder that loads and executes the authors' chunk.
+    assert main(["convert", str(path), str(folder)]) == 0
+    policy = Policy.from_pretrained(folder, device="cpu")
+    assert policy.action_offset == TO - 1
+    # Folders trained here were never imported: the rule does not concern them.
+    for bundled in ("arm_lowdim", "arm_image"):
+        ckpt = load_native(ROOT / "checkpoints" / bundled)
+        assert "imported_from" not in ckpt.config["source"]
+
+
+def test_unresolved_cfg_imports_like_the_resolved_one(tmp_path):
+    """A cfg saved without OmegaConf.resolve (a workspace module's own main) keeps Hydra's
+    ${now:...} and train.py's ${eval:...}; neither resolver is registered here."""
+    weights = LowdimPolicy()
+    raw = lowdim_cfg(resolve=False)
+    assert OmegaConf.to_container(raw.logging)["name"].startswith("${now:")
+    assert not OmegaConf.has_resolver("now") and not OmegaConf.has_resolver("eval")
+    write_workspace_ckpt(tmp_path / "raw.ckpt", raw, weights)
+    write_workspace_ckpt(tmp_path / "resolved.ckpt", lowdim_cfg(), weights)
+    a, b = import_chi_ckpt(tmp_path / "raw.ckpt"), import_chi_ckpt(tmp_path / "resolved.ckpt")
+    a.config["source"].pop("imported_from"), b.config["source"].pop("imported_from")
+    assert a.config == b.config
+    assert not OmegaConf.has_resolver("eval")  # offered while importing only
+    obs = _lowdim_obs(2)
+    np.testing.assert_array_equal(Policy(a, device="cpu").predict(obs, seed=1),
+                                  Policy(b, device="cpu").predict(obs, seed=1))
+
+
+def test_an_unknown_resolver_is_named_where_the_import_needs_it(tmp_path):
+    weights = LowdimPolicy()
+    # Outside what the import reads it is never evaluated.
+    elsewhere = lowdim_cfg(resolve=False, overrides=["logging.name=${wandb_clock:x}"])
+    write_workspace_ckpt(tmp_path / "elsewhere.ckpt", elsewhere, weights)
+    assert import_chi_ckpt(tmp_path / "elsewhere.ckpt").config["policy"]["kind"] == "dpt_lowdim"
+    needed = lowdim_cfg(resolve=False, overrides=["policy.num_inference_steps=${steps_from:10}"])
+    write_workspace_ckpt(tmp_path / "needed.ckpt", needed, weights)
+    with pytest.raises(CheckpointError) as err:
+        import_chi_ckpt(tmp_path / "needed.ckpt")
+    msg = str(err.value)
+    assert "config entry policy.num_inference_steps uses the resolver 'steps_from'" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("resolve", [True, False])
+def test_loading_a_ckpt_emits_no_warning(tmp_path, resolve):
+    path = tmp_path / "latest.ckpt"
+    write_workspace_ckpt(path, lowdim_cfg(resolve=resolve), LowdimPolicy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy = Policy.from_pretrained(path, device="cpu")
+    assert policy.n_action_steps == TA
 
 
 def test_hybrid_image_checkpoint_imports_and_matches_manual_pipeline(tmp_path):
-    torch.manual_seed(0)
-    enc, feat = build_obs_encoder({"type": "robomimic_resnet18", "crop_shape": [28, 28],
-                                   "group_norm": True,
-                                   "obs": {"image": {"shape": list(IMG), "type": "rgb"},
-                                           "agent_pos": {"shape": [2]}}})
-    model = ReferenceDPT(ACT_DIM, ACT_DIM, H, TO, feat, 2, 2, 32, True, True, 0)
-    norm = LinearNormalizer()
-    norm.fit_image_range("image")
-    norm.fit_limits("agent_pos", torch.rand(50, 2) * 4)
-    norm.fit_limits("action", torch.rand(50, ACT_DIM))
-    weights = nn.Module()
-    weights.obs_encoder, weights.model, weights.normalizer = enc, model, norm
+    weights = HybridPolicy()
     path = tmp_path / "hybrid.ckpt"
-    _write_chi_ckpt(path, _hybrid_cfg(), weights)
+    write_workspace_ckpt(path, hybrid_cfg(), weights)
 
     policy = Policy.from_pretrained(path, device="cpu")
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(TO, 32, 32, 3), dtype=np.uint8)  # camera layout HWC
-    pos = rng.random((TO, 2)).astype(np.float32)
+    image = rng.integers(0, 256, size=(TO, IMG[1], IMG[2], 3), dtype=np.uint8)  # camera HWC
+    pos = rng.random((TO, AGENT_POS)).astype(np.float32) * 500
     got = policy.predict({"image": image, "agent_pos": pos}, seed=3)
 
     # Manual pipeline: normalise -> encode (time folded into batch) -> sample -> unnormalise.
+    norm, enc, model = weights.normalizer, weights.obs_encoder.eval(), weights.model.eval()
     img = torch.as_tensor(np.moveaxis(image, -1, 1)).float()[None] / 255
     nobs = {"image": norm.normalize("image", img),
             "agent_pos": norm.normalize("agent_pos", torch.as_tensor(pos)[None])}
-    enc.eval()
-    model.eval()
     with torch.no_grad():
         cond = enc({k: v.reshape(-1, *v.shape[2:]) for k, v in nobs.items()}).reshape(1, TO, -1)
         s = build_scheduler(DEFAULT_SCHEDULER)
         s.set_timesteps(6)
         g = torch.Generator().manual_seed(3)
-        x = torch.randn((1, H, ACT_DIM), generator=g)
+        x = torch.randn((1, H_IMG, ACT_DIM), generator=g)
         for t in s.timesteps:
             x = s.step(model(x, int(t), cond), t, x, generator=g).prev_sample
-    want = norm.unnormalize("action", x)[0, TO - 1 : TO - 1 + TA].numpy()
-    np.testing.assert_allclose(got, want, atol=2e-5)
+    start = TO - 1
+    want = norm.unnormalize("action", x)[0, start : start + TA].numpy()
+    np.testing.assert_allclose(got, want, atol=2e-4)
     save_native(import_chi_ckpt(path), tmp_path / "native_img", weights_dtype=torch.float32)
     again = Policy.from_pretrained(tmp_path / "native_img", device="cpu")
     np.testing.assert_array_equal(again.predict({"image": image, "agent_pos": pos}, seed=3), got)

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from test_checkpoint import ChiLowdimPolicyWeights, _lowdim_cfg, _write_chi_ckpt
+from chi_fixtures import OBS_DIM, TO, LowdimPolicy, lowdim_cfg, write_workspace_ckpt
 
 import bac_ros
 from bac_ros.cli import main
@@ -16,14 +16,14 @@ from bac_ros.policy.observations import save_observations
 @pytest.fixture
 def native(tmp_path):
     src = tmp_path / "chi.ckpt"
-    _write_chi_ckpt(src, _lowdim_cfg(), ChiLowdimPolicyWeights())
+    write_workspace_ckpt(src, lowdim_cfg(), LowdimPolicy())
     assert main(["convert", str(src), str(tmp_path / "native")]) == 0
     return tmp_path / "native"
 
 
 def test_convert_profile_inspect(native, tmp_path, capsys):
     rng = np.random.default_rng(0)
-    obs = [{"obs": rng.normal(size=(2, 6)).astype(np.float32)} for _ in range(6)]
+    obs = [{"obs": rng.normal(size=(TO, OBS_DIM)).astype(np.float32)} for _ in range(6)]
     save_observations(tmp_path / "obs.npz", obs)
     out = tmp_path / "sched" / "bac.yaml"
     rc = main(["profile", "--checkpoint", str(native), "--observations", str(tmp_path / "obs.npz"),
