@@ -241,7 +241,7 @@ def _train(args) -> int:
             raise SystemExit("a Meta-World task trains on recorded demonstrations: pass --demos "
                              "(made by bac demos --task ...)")
         spec = TaskSpec(metaworld.OBS_VARIANTS[args.variant], metaworld.ACTION_NAMES, mw.dt,
-                        metaworld.task_record(mw))
+                        metaworld.task_record(mw), action_type=metaworld.ACTION_TYPE)
     else:
         spec = None
     data = (load_npz(args.demos) if args.demos else

@@ -117,3 +117,91 @@ def test_demonstrations_label_clean_expert_actions():
         relabel = np.stack([np.clip(expert.get_action(s.astype(np.float64)), -1, 1)
                             for s in data["state"][:20]])
     np.testing.assert_allclose(data["action"][:20], relabel, atol=1e-6)
+
+
+@pytest.mark.ros
+def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
+    """sim_node as a Sawyer on MuJoCo, policy_node (Meta-World parameters) over DDS, lockstep:
+    the Sawyer's joint states, 4-d chunks executed by time, no joint_trajectory, one result."""
+    import json
+
+    import rclpy
+    import yaml
+    from ament_index_python.packages import get_package_share_directory
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+    from test_nodes import SMALL, _spin, _start, _stop  # noqa: I001
+    from trajectory_msgs.msg import JointTrajectory
+
+    from bac_ros.nodes.sim_node import SimNode
+    from bac_ros.policy.checkpoint import save_native
+    from bac_ros.sim.metaworld import ACTION_NAMES, ACTION_TYPE, OBS_VARIANTS, task_record
+    from bac_ros.train.train import TaskSpec, TrainConfig, build_initial
+
+    data = generate_demos(DRAWER, 2, seed=0)
+    spec = TaskSpec(OBS_VARIANTS["lowdim"], ACTION_NAMES, DRAWER.dt, task_record(DRAWER),
+                    action_type=ACTION_TYPE)
+    cfg = TrainConfig(model=dict(SMALL), horizon=8, n_action_steps=4)
+    ckpt = save_native(build_initial(cfg, data, spec), tmp_path / "mw")
+    share = get_package_share_directory("bac_ros")
+    params = yaml.safe_load(open(f"{share}/config/policy_metaworld.yaml"))["bac_policy"][
+        "ros__parameters"]
+    params.update(checkpoint=str(ckpt), device="cpu", use_sim_time=True, replan_steps=1)
+
+    rclpy.init()
+    try:
+        sim = SimNode(parameter_overrides=[
+            Parameter("task", value="metaworld:drawer-open"), Parameter("mode", value="lockstep"),
+            Parameter("episodes", value=1), Parameter("images", value=False),
+            Parameter("n_action_steps", value=4), Parameter("max_steps", value=24)])
+        node, executor, thread = _start(params)
+        probe = rclpy.create_node("mw_probe")
+        joints, results, trajectories = [], [], []
+        probe.create_subscription(JointState, "joint_states", joints.append, 50)
+        probe.create_subscription(String, "episode_result", results.append, 10)
+        probe.create_subscription(JointTrajectory, "joint_trajectory", trajectories.append, 10)
+        local = rclpy.executors.SingleThreadedExecutor()
+        local.add_node(sim)
+        local.add_node(probe)
+        try:
+            assert _spin(local, lambda: sim.finished and results, timeout=180)
+        finally:
+            _stop(node, executor, thread)
+            sim.destroy_node()
+            probe.destroy_node()
+    finally:
+        rclpy.try_shutdown()
+    result = json.loads(results[0].data)
+    assert result["steps"] == 24 and result["seed"] == 100_000 and not result["success"]
+    assert "timeout_waiting" not in result
+    assert len(sim.chunk_arrivals) >= 24 // 4  # every observation's chunk came and was used
+    assert joints and list(joints[0].name) == JOINT_NAMES and len(joints[0].position) == 7
+    env = MetaWorldEnv(DRAWER)
+    env.reset(100_000)
+    np.testing.assert_allclose(joints[0].position, env.joint_positions(), atol=1e-9)
+    assert trajectories == []  # end-effector actions are never sent as joint trajectories
+
+
+def test_end_effector_actions_are_never_published_as_joint_trajectories(tmp_path):
+    import yaml
+    from ament_index_python.packages import get_package_share_directory
+
+    from bac_ros.nodes.settings import live_settings
+    from bac_ros.policy.policy import Policy
+    from bac_ros.sim.metaworld import ACTION_NAMES, ACTION_TYPE, OBS_VARIANTS, task_record
+    from bac_ros.train.train import TaskSpec, TrainConfig, build_initial
+
+    spec = TaskSpec(OBS_VARIANTS["lowdim"], ACTION_NAMES, DRAWER.dt, task_record(DRAWER),
+                    action_type=ACTION_TYPE)
+    tiny = dict(n_layer=1, n_head=2, n_emb=16, p_drop_emb=0.0, p_drop_attn=0.0,
+                causal_attn=True, time_as_cond=True, n_cond_layers=0)
+    policy = Policy(build_initial(TrainConfig(model=tiny), generate_demos(DRAWER, 1), spec),
+                    device="cpu")
+    share = get_package_share_directory("bac_ros")
+    values = yaml.safe_load(open(f"{share}/config/policy_metaworld.yaml"))["bac_policy"][
+        "ros__parameters"]
+    assert live_settings(values, policy).publish_trajectory is False
+    with pytest.raises(ValueError, match="publish_trajectory is true, but this policy's "
+                                         "actions are ee_delta"):
+        live_settings(dict(values, publish_trajectory=True), policy)

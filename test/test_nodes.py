@@ -373,6 +373,7 @@ def test_config_files_list_every_declared_parameter():
 
     share = Path(get_package_share_directory("bac_ros")) / "config"
     for file, node, module in (("policy.yaml", "bac_policy", policy_node),
+                               ("policy_metaworld.yaml", "bac_policy", policy_node),
                                ("profiler.yaml", None, profiler_node),
                                ("sim.yaml", None, sim_node)):
         data = yaml.safe_load((share / file).read_text())

@@ -78,6 +78,11 @@ def live_settings(values: Mapping, policy) -> LiveSettings:
         raise ValueError(f"instruction is {values['instruction']!r}, but this "
                          f"{policy.config['policy']['kind']} policy takes no instruction; "
                          "expected '' (only VLA policies read one)")
+    if values["publish_trajectory"] and policy.action_type != "joint_position":
+        raise ValueError(f"publish_trajectory is true, but this policy's actions are "
+                         f"{policy.action_type} ({', '.join(policy.action_names)}), not joint "
+                         "positions; expected false (feed action_chunk to a Cartesian "
+                         "controller instead)")
     low32, high32 = low.astype(np.float32), high.astype(np.float32)
     low32.flags.writeable = high32.flags.writeable = False
     return LiveSettings(

@@ -20,6 +20,7 @@ whose time has passed are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -41,6 +42,7 @@ from bac_ros.sim.tasks import make_env, parse_task
 PARAMETERS = {
     "task": ("arm", "arm | metaworld:TASK (e.g. metaworld:drawer-open)"),
     "mode": ("realtime", "realtime | lockstep"),
+    "max_steps": (0, "episode step limit; 0: the task's own (arm 80, Meta-World 500)"),
     "episodes": (10, "episodes to run, then the node exits"),
     "seed": (100_000, "reset seed of the first episode (the next ones count up)"),
     "n_action_steps": (8, "lockstep: actions executed per chunk before waiting again"),
@@ -62,7 +64,13 @@ class SimNode(Node):
             raise ValueError(f"mode is {self.p['mode']!r}; expected realtime or lockstep")
         if self.p["mode"] == "lockstep":  # time must stand still while the world waits
             self.p["publish_clock"] = True
-        self.env = make_env(parse_task(self.p["task"]), self.p["images"])
+        task = parse_task(self.p["task"])
+        if self.p["max_steps"] < 0:
+            raise ValueError(f"max_steps is {self.p['max_steps']}; expected 0 (the task's own "
+                             "limit) or a positive step count")
+        if self.p["max_steps"]:
+            task = dataclasses.replace(task, max_steps=int(self.p["max_steps"]))
+        self.env = make_env(task, self.p["images"])
         self.metaworld = hasattr(self.env, "joint_positions")
         self.action_dim = len(self.env.hold_action())
         self.dt = self.env.config.dt

@@ -99,6 +99,9 @@ class Policy:
         self.obs_as_cond = bool(pol.get("obs_as_cond", True))
         self.dt = float(pol.get("dt", 0.1))
         self.action_names = list(pol.get("action_names") or [])
+        # joint_position: joint targets (a joint_trajectory_controller can run them);
+        # ee_delta: end-effector position deltas + gripper, for a Cartesian controller
+        self.action_type = str(pol.get("action_type", "joint_position"))
         self.obs_spec = {k: (tuple(v["shape"]), v.get("type", "low_dim"))
                          for k, v in pol["obs"].items()}
 

@@ -30,6 +30,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 #: difficulty from Meta-World's own grading and DESIGN.md §6b).
 TASKS = ("drawer-open", "peg-insert-side", "pick-place", "shelf-place")
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+ACTION_TYPE = "ee_delta"  # end-effector position deltas + gripper effort, not joint positions
 ACTION_LOW = [-1.0, -1.0, -1.0, -1.0]
 ACTION_HIGH = [1.0, 1.0, 1.0, 1.0]
 STATE_DIM = 39

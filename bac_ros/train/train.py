@@ -51,6 +51,7 @@ class TaskSpec:
     action_names: list
     dt: float
     task: dict | None = None
+    action_type: str = "joint_position"  # or "ee_delta": what a controller does with actions
 
 
 def arm_spec(variant: str, task: ArmTaskConfig | None = None) -> TaskSpec:
@@ -131,6 +132,7 @@ def build_initial(cfg: TrainConfig, data: dict, spec: TaskSpec | ArmTaskConfig) 
         scheduler=DEFAULT_SCHEDULER, num_inference_steps=100, dt=spec.dt,
         action_names=list(spec.action_names), seed=cfg.seed,
     )
+    ckpt.config["policy"]["action_type"] = spec.action_type
     if spec.task is not None:
         ckpt.config["task"] = dict(spec.task)
     return ckpt

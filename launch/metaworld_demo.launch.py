@@ -1,0 +1,50 @@
+"""A Meta-World task on MuJoCo as a ROS robot (sim_node), driven by the policy node.
+
+    ros2 launch bac_ros metaworld_demo.launch.py task:=metaworld:drawer-open mode:=lockstep
+
+The policy's actions are end-effector deltas + gripper: the policy node publishes action_chunk
+only (no joint_trajectory), which sim_node executes as a Cartesian controller would.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch_ros.actions import Node
+
+PACKAGE = "bac_ros"
+POLICY_EXECUTABLE = "policy_node"
+SIM_EXECUTABLE = "sim_node"
+POLICY_PARAMS_FILE = "config/policy_metaworld.yaml"
+SIM_PARAMS_FILE = "config/sim.yaml"
+DEFAULT_CHECKPOINT = "checkpoints/metaworld_drawer_open_lowdim"
+DEFAULT_SCHEDULE = "checkpoints/metaworld_drawer_open_lowdim/bac_s10_k5.yaml"
+
+
+def generate_launch_description():
+    share = get_package_share_directory(PACKAGE)
+    arg = LaunchConfiguration
+    lockstep = PythonExpression(["'", arg("mode"), "' == 'lockstep'"])
+    return LaunchDescription([
+        DeclareLaunchArgument("task", default_value="metaworld:drawer-open"),
+        DeclareLaunchArgument("checkpoint", default_value=os.path.join(share, DEFAULT_CHECKPOINT)),
+        DeclareLaunchArgument("schedule", default_value=os.path.join(share, DEFAULT_SCHEDULE)),
+        DeclareLaunchArgument("mode", default_value="lockstep", description="realtime | lockstep"),
+        DeclareLaunchArgument("episodes", default_value="10"),
+        DeclareLaunchArgument("device", default_value="auto"),
+        Node(package=PACKAGE, executable=SIM_EXECUTABLE, name="bac_sim", output="screen",
+             parameters=[os.path.join(share, SIM_PARAMS_FILE),
+                         {"task": arg("task"), "mode": arg("mode"), "episodes": arg("episodes"),
+                          "images": False}]),
+        Node(package=PACKAGE, executable=POLICY_EXECUTABLE, name="bac_policy", output="screen",
+             parameters=[os.path.join(share, POLICY_PARAMS_FILE), {
+                 "checkpoint": arg("checkpoint"),
+                 "schedule": arg("schedule"),
+                 "device": arg("device"),
+                 "use_sim_time": lockstep,
+                 "replan_steps": PythonExpression(["1 if '", arg("mode"),
+                                                   "' == 'lockstep' else 0"]),
+             }]),
+    ])
