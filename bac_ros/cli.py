@@ -78,12 +78,14 @@ def _tune_observations(args, policy) -> tuple[list, str]:
         from bac_ros.policy.observations import load_observations
 
         return load_observations(args.observations), str(args.observations)
-    from bac_ros.sim.demos import generate_demos
+    from bac_ros.sim.tasks import task_demos, task_of
     from bac_ros.train.dataset import observation_windows
+
     images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    data = generate_demos(args.demos, seed=0, with_images=images)
+    task = task_of(policy)
+    data = task_demos(task, args.demos, seed=0, images=images)
     return (observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, 64, seed=0),
-            f"{args.demos} expert demonstrations of the bundled task")
+            f"{args.demos} expert demonstrations of {getattr(task, 'task', 'the bundled arm')}")
 
 
 def _tune(args) -> int:
@@ -384,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
     src.add_argument("--observations", type=Path, help="observations npz")
     src.add_argument("--demos", type=int, default=30,
-                     help="else: this many expert demonstrations of the bundled task")
+                     help="else: this many expert demonstrations of the checkpoint's task")
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--latency-ms", type=float, help="median batch-1 latency budget here")
     budget.add_argument("--speedup", type=float, help="at least this much faster than full")

@@ -264,3 +264,12 @@ def generate_demos(config: MetaWorldTaskConfig, n_episodes: int, seed: int = 0,
     data["episode_ends"] = np.cumsum([len(e["action"]) for e in episodes]).astype(np.int64)
     data["episode_seeds"] = np.array(seeds, dtype=np.int64)
     return data
+
+
+def expert_outcomes(config: MetaWorldTaskConfig, seeds) -> list[bool]:
+    """The scripted expert's success on each seeded episode (the reference for a policy)."""
+    env, expert = MetaWorldEnv(config), expert_policy(config)
+    try:
+        return [rollout_expert(env, expert, int(s), keys=())[1] for s in seeds]
+    finally:
+        env.close()
