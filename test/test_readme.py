@@ -115,10 +115,13 @@ def _id(line: Line) -> str:
 
 def fresh_bash(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """``script`` after the README's activation line, in a bash that inherits nothing of this
-    test's environment (no venv, no install space on the path) but the DDS isolation."""
+    test's environment (no venv, no install space on the path) but the DDS isolation. Torch
+    runs one thread per command unless the caller sets ``OMP_NUM_THREADS``: no README line
+    depends on it, and two threads on a shared 2-core machine burned four times the CPU."""
     env = {"HOME": os.environ.get("HOME", str(cwd)), "PATH": "/usr/local/bin:/usr/bin:/bin",
            "LANG": "C.UTF-8", "TMPDIR": str(cwd),
-           **{k: v for k, v in os.environ.items() if k.startswith(("ROS_", "RMW_"))}}
+           **{k: v for k, v in os.environ.items() if k.startswith(("ROS_", "RMW_"))},
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(["bash", "--noprofile", "--norc", "-c",
                            f"{ACTIVATE[0]} && {script}"],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -128,13 +131,13 @@ def _paths(args, kinds: set[str], exclude: bool) -> dict[str, Path]:
     return {k: v for k, v in vars(args).items() if isinstance(v, Path) and (k in kinds) != exclude}
 
 
-def _check_written(line: Line, work: Path) -> None:
-    """What a fully run line wrote is there and valid."""
+def _check_output(line: Line, work: Path, stdout: str) -> None:
+    """What a fully run line wrote (or, for ``inspect``, printed) is there and valid."""
     args = build_parser().parse_args(line.argv[1:])
     outputs = _paths(args, OUTPUTS, exclude=False)
-    assert outputs, f"{line.text}: names no output to check"
+    assert outputs or args.command == "inspect", "names no output to check"
     for path in outputs.values():
-        assert (work / path).exists(), f"{line.text} did not write {path}"
+        assert (work / path).exists(), f"did not write {path}"
     if args.command in ("demos", "windows"):
         with np.load(work / args.out) as f:
             assert f.files and all(len(f[k]) > 0 for k in f.files)
@@ -145,6 +148,10 @@ def _check_written(line: Line, work: Path) -> None:
         assert sched.provenance["source"] == src.name and str(work) not in text
         if src.is_file():
             assert sched.provenance["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    if args.command == "inspect":
+        sched = Schedule.load(work / args.schedule)
+        assert f"schedule {sched.id}:" in stdout, stdout
+        assert f"sha256 {sched.provenance['sha256']}" in stdout, stdout
     plots = args.plots if args.command == "profile" else args.out
     if args.command in ("profile", "inspect") and plots:
         assert (work / plots / "updates.png").read_bytes()[:4] == b"\x89PNG"
@@ -167,7 +174,7 @@ def _run(line: Line, work: Path) -> str:
         out = fresh_bash(line.text, work)
         if out.returncode == 0:
             try:
-                _check_written(line, work)
+                _check_output(line, work, out.stdout)
             except AssertionError as e:
                 return f"{line.text}: {e}"
     else:  # parse: the environment's bac is found and its parser takes the arguments
