@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from bac_ros.cache.schedule import Schedule, ScheduleError, provenance
+from bac_ros.cli import main
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.nodes.record import record_expert_bag
 from bac_ros.policy.build import new_checkpoint
@@ -172,14 +173,24 @@ def test_profiled_schedule_records_file_name_and_hash_not_path(compiled):
     assert len(digests) == 2  # same name, other content: told apart
 
 
-def test_bag_provenance_hashes_each_file_of_the_bag(tmp_path):
+def test_bag_profile_records_each_bag_file_by_hash(tmp_path):
+    """`bac profile --bag`: the bag folder's name and the sha256 of each of its files."""
+    norm = LinearNormalizer()
+    norm.fit_limits("state", torch.rand(64, 7) * 2 - 0.5)
+    norm.fit_limits("action", torch.rand(64, 3))
+    ckpt = save_native(new_checkpoint({"state": {"shape": [7], "type": "low_dim"}}, 3, norm,
+                                      horizon=8, n_action_steps=4, model=SMALL,
+                                      num_inference_steps=10), tmp_path / "lowdim")
     bag = record_expert_bag(tmp_path / "recorded" / "arm_bag", episodes=1, images=False)
-    prov = provenance(bag, 10)
+    out = tmp_path / "s.yaml"
+    assert main(["profile", "--checkpoint", str(ckpt), "--bag", str(bag), "--out", str(out),
+                 "-S", "3", "-k", "2", "--device", "cpu"]) == 0
+    prov = Schedule.load(out).provenance
     files = sorted(f for f in bag.rglob("*") if f.is_file())
     assert prov["source"] == "arm_bag" and "metadata.yaml" in prov["sha256"]
     assert prov["sha256"] == {f.relative_to(bag).as_posix():
                               hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-    assert str(tmp_path) not in yaml.safe_dump(prov)
+    assert str(tmp_path) not in out.read_text()
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty folder"):
         provenance(tmp_path / "empty", 0)
