@@ -21,6 +21,12 @@ import numpy as np
 from bac_ros import __version__
 
 
+def _output(path: Path) -> Path:
+    """An output path whose folder exists, as schedule and checkpoint writes make theirs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _convert(args) -> int:
     import torch
 
@@ -57,7 +63,7 @@ def _profile(args) -> int:
                                 progress=bar.update)
     sched = policy.compile_schedule(result, budget=args.budget, top_k=args.top_k,
                                     metric=args.metric, last_step=not args.no_last_step,
-                                    source=str(args.bag or args.observations))
+                                    source=args.bag or args.observations)
     out = sched.save(args.out)
     result.save(out.with_suffix(".profile.npz"))
     plan = sched.plan(policy.engine.blocks)
@@ -68,16 +74,17 @@ def _profile(args) -> int:
     return 0
 
 
-def _tune_observations(args, policy) -> tuple[list, str]:
-    """Observation histories for tuning: a bag, an npz, or expert demonstrations."""
+def _tune_observations(args, policy) -> tuple[list, Path | str]:
+    """Observation histories for tuning and their source: a bag, an npz (paths, which the
+    schedule records by name and hash), or expert demonstrations (a description)."""
     if args.bag:
         from bac_ros.io.bag import read_observation_windows
 
-        return read_observation_windows(args.bag, policy, args.joint_names), str(args.bag)
+        return read_observation_windows(args.bag, policy, args.joint_names), args.bag
     if args.observations:
         from bac_ros.policy.observations import load_observations
 
-        return load_observations(args.observations), str(args.observations)
+        return load_observations(args.observations), args.observations
     from bac_ros.sim.tasks import task_demos, task_of
     from bac_ros.train.dataset import observation_windows
 
@@ -108,7 +115,7 @@ def _tune(args) -> int:
           f"({best.speedup:.2f}x faster than full compute here), energy distance "
           f"{best.scores['energy']:.4f} (full vs full: {ref['noise_floor']['energy']:.4f})")
     if args.report:
-        Path(args.report).write_text(json.dumps(
+        _output(args.report).write_text(json.dumps(
             {"winner": best.name, "reference": ref, "candidates": [c.row() for c in cands]},
             indent=1, default=float))
     if args.keep:
@@ -147,7 +154,10 @@ def _inspect(args) -> int:
           f"K={sched.num_steps}")
     print(f"method: {m.get('name')} metric={m.get('metric')} S={m.get('budget')} "
           f"k={m.get('top_k')} last step forced={m.get('force_last_step')}")
-    print(f"provenance: {p.get('source')} ({p.get('observations')} observations, "
+    sha = p.get("sha256")
+    digest = (f"sha256 of {len(sha)} files, " if isinstance(sha, dict) else
+              f"sha256 {sha}, " if sha else "")
+    print(f"provenance: {p.get('source')} ({digest}{p.get('observations')} observations, "
           f"{p.get('created')}, {p.get('tool')})")
     print(f"updates: {sched.update_ratio():.1%} of block-steps")
     bua = set(m.get("bua_blocks", []))
@@ -189,7 +199,7 @@ def _demos(args) -> int:
               f"{len(data['action'])} steps")
         return 0
     data = generate_demos(args.episodes, seed=args.seed, with_images=not args.no_images)
-    save_npz(args.out, data)
+    save_npz(_output(args.out), data)
     sides = data["episode_sides"]
     print(f"wrote {args.out}: {len(sides)} episodes, {len(data['action'])} steps, "
           f"left {np.mean(sides > 0):.0%} / right {np.mean(sides < 0):.0%}")
@@ -204,7 +214,7 @@ def _windows(args) -> int:
     pol = load_checkpoint(args.checkpoint).config["policy"]
     windows = observation_windows(load_npz(args.demos), list(pol["obs"]),
                                   int(pol["n_obs_steps"]), args.count, args.seed)
-    save_observations(args.out, windows)
+    save_observations(_output(args.out), windows)
     print(f"wrote {args.out}: {len(windows)} observation histories of {list(pol['obs'])}")
     return 0
 
@@ -212,7 +222,7 @@ def _windows(args) -> int:
 def _record(args) -> int:
     from bac_ros.sim.record import record_expert_bag
 
-    out = record_expert_bag(args.out, args.episodes, args.seed, args.storage,
+    out = record_expert_bag(_output(args.out), args.episodes, args.seed, args.storage,
                             images=not args.no_images)
     print(f"wrote {out} ({args.storage}, {args.episodes} expert episodes)")
     return 0
@@ -276,7 +286,7 @@ def _eval(args) -> int:
           f" FLOP ratio {report['flop_ratio']:.2f}x")
     if args.json:
         report["checkpoint"] = str(args.checkpoint)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        _output(args.json).write_text(json.dumps(report, indent=1))
     return 0
 
 

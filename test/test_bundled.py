@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bac_ros.cache.schedule import Schedule
 from bac_ros.policy.policy import Policy
 from bac_ros.sim.arm import ArmEnv, ArmTaskConfig
 
@@ -56,3 +57,13 @@ def test_image_policy_acts_as_the_low_dim_policy_it_was_distilled_from():
         b = image.predict(_observation(image, seed), seed=seed)
         # Measured: at most 0.002 rad apart; another scene's chunk differs by 0.025-0.12 rad.
         assert np.abs(a - b).max() < 0.01
+
+
+def test_shipped_schedules_name_their_data_without_a_machine_path():
+    for spec in sorted((ROOT / "checkpoints").glob("*/*.yaml")):
+        if spec.name == "config.yaml":
+            continue
+        source = str(Schedule.load(spec).provenance["source"])
+        assert "/" not in source, f"{spec}: provenance names a path ({source})"
+        if source.endswith(".npz"):  # a file: its hash, or why there is none
+            assert Schedule.load(spec).provenance["sha256"], spec

@@ -1,5 +1,6 @@
 """Profiling a policy into a schedule file, loading it back, and every refusal."""
 
+import hashlib
 import os
 
 import numpy as np
@@ -7,10 +8,13 @@ import pytest
 import torch
 import yaml
 
-from bac_ros.cache.schedule import Schedule, ScheduleError
+from bac_ros.cache.schedule import Schedule, ScheduleError, provenance
+from bac_ros.cli import main
 from bac_ros.models.normalizer import LinearNormalizer
+from bac_ros.sim.record import record_expert_bag
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
+from bac_ros.policy.observations import load_observations, save_observations
 from bac_ros.policy.policy import Policy
 
 SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
@@ -145,3 +149,53 @@ def test_save_is_atomic(compiled, monkeypatch):
         sched.save(path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".atomic")] == []
+
+
+def test_profiled_schedule_records_file_name_and_hash_not_path(compiled):
+    """The observations file by name and sha256 (what `sha256sum` prints): another machine's
+    temporary path would identify nothing, the hash identifies the data wherever it is."""
+    policy, _, tmp_path = compiled
+    files = []
+    for seed in (0, 1):
+        (tmp_path / f"run{seed}").mkdir()
+        path = save_observations(tmp_path / f"run{seed}" / "obs.npz", _observations(3, seed))
+        result = policy.profile(load_observations(path), batch_size=3)
+        saved = policy.compile_schedule(result, budget=4, top_k=2, source=path).save(
+            tmp_path / f"run{seed}" / "s.yaml")
+        files.append((path, saved))
+    digests = set()
+    for path, saved in files:
+        prov = Schedule.load(saved).provenance
+        assert prov["source"] == "obs.npz" and prov["observations"] == 3
+        assert prov["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert str(tmp_path) not in saved.read_text()
+        digests.add(prov["sha256"])
+    assert len(digests) == 2  # same name, other content: told apart
+
+
+def test_bag_profile_records_each_bag_file_by_hash(tmp_path):
+    """`bac profile --bag`: the bag folder's name and the sha256 of each of its files."""
+    norm = LinearNormalizer()
+    norm.fit_limits("state", torch.rand(64, 7) * 2 - 0.5)
+    norm.fit_limits("action", torch.rand(64, 3))
+    ckpt = save_native(new_checkpoint({"state": {"shape": [7], "type": "low_dim"}}, 3, norm,
+                                      horizon=8, n_action_steps=4, model=SMALL,
+                                      num_inference_steps=10), tmp_path / "lowdim")
+    bag = record_expert_bag(tmp_path / "recorded" / "arm_bag", episodes=1, images=False)
+    out = tmp_path / "s.yaml"
+    assert main(["profile", "--checkpoint", str(ckpt), "--bag", str(bag), "--out", str(out),
+                 "-S", "3", "-k", "2", "--device", "cpu"]) == 0
+    prov = Schedule.load(out).provenance
+    files = sorted(f for f in bag.rglob("*") if f.is_file())
+    assert prov["source"] == "arm_bag" and "metadata.yaml" in prov["sha256"]
+    assert prov["sha256"] == {f.relative_to(bag).as_posix():
+                              hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    assert str(tmp_path) not in out.read_text()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty folder"):
+        provenance(tmp_path / "empty", 0)
+
+
+def test_described_source_is_kept_as_given():
+    prov = provenance("live topics via /bac_profiler", 4)
+    assert prov["source"] == "live topics via /bac_profiler" and "sha256" not in prov

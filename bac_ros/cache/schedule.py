@@ -176,9 +176,35 @@ def write_atomically(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def provenance(source: str, observations: int) -> dict:
+def source_digest(path: str | Path) -> dict:
+    """The profiled data by name and content: the file's sha256 (what ``sha256sum`` prints), or
+    for a folder such as a rosbag2 one sha256 per file by relative path. An absolute path names
+    one machine's temporary file; the hash still identifies the data wherever it was copied."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        if not files:
+            raise ValueError(f"{path} is an empty folder; expected an observation file or a bag")
+        return {"source": path.name,
+                "sha256": {f.relative_to(path).as_posix(): file_sha256(f) for f in files}}
+    return {"source": path.name, "sha256": file_sha256(path)}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def provenance(source: str | Path, observations: int) -> dict:
+    """How a schedule was made. ``source`` is a path to the observations (file or bag folder),
+    recorded by name and hash, or a description of data that is no file (live topics,
+    generated demonstrations), recorded as given."""
+    what = source_digest(source) if isinstance(source, Path) else {"source": source}
     return {
-        "source": source,
+        **what,
         "observations": int(observations),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tool": f"bac_ros {__version__}",

@@ -313,8 +313,9 @@ class Policy:
 
     def compile_schedule(self, result: ProfileResult, budget: int = 10, top_k: int = 5,
                          metric: str = "cosine", last_step: bool = True,
-                         source: str = "", allocation: str = "per_block") -> Schedule:
-        """A schedule from a profile of this policy's current sampler. ``allocation``:
+                         source: str | Path = "", allocation: str = "per_block") -> Schedule:
+        """A schedule from a profile of this policy's current sampler. ``source``: the
+        observations' file or bag (recorded by name and hash) or a description. ``allocation``:
         ``per_block`` is BAC (ACS with ``budget`` updates per block -> BUA -> final step);
         ``shared`` spends the same total FLOPs across blocks by ACS gain (then BUA, final step);
         ``unified`` is the paper's ablation, one ACS solution for every block."""

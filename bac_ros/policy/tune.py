@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -209,8 +210,10 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
     return best, cands, ref
 
 
-def tuned_schedule(best: Candidate, ref: dict, source: str, observations: int) -> Schedule:
-    """The winner as a schedule file, with what it was chosen on."""
+def tuned_schedule(best: Candidate, ref: dict, source: str | Path,
+                   observations: int) -> Schedule:
+    """The winner as a schedule file, with what it was chosen on (``source`` as in
+    :func:`bac_ros.cache.schedule.provenance`)."""
     s = best.schedule
     method = dict(s.method)
     method.update({"name": "tuned", "candidate": best.name,
