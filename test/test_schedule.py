@@ -11,11 +11,11 @@ import yaml
 from bac_ros.cache.schedule import Schedule, ScheduleError, provenance
 from bac_ros.cli import main
 from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.sim.record import record_expert_bag
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.observations import load_observations, save_observations
 from bac_ros.policy.policy import Policy
+from bac_ros.sim.record import record_expert_bag
 
 SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
              time_as_cond=True, n_cond_layers=0)
