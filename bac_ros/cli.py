@@ -25,7 +25,7 @@ def _convert(args) -> int:
     import torch
 
     from bac_ros.policy.checkpoint import save_native
-    from bac_ros.policy.policy import load_checkpoint
+    from bac_ros.policy.loading import load_checkpoint
 
     ckpt = load_checkpoint(args.src)
     dtype = {"float16": torch.float16, "float32": torch.float32}[args.weights_dtype]
@@ -80,8 +80,7 @@ def _tune_observations(args, policy) -> tuple[list, str]:
         return load_observations(args.observations), str(args.observations)
     from bac_ros.sim.demos import generate_demos
     from bac_ros.train.dataset import observation_windows
-    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    data = generate_demos(args.demos, seed=0, with_images=images)
+    data = generate_demos(args.demos, seed=0, with_images=policy.reads_images)
     return (observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, 64, seed=0),
             f"{args.demos} expert demonstrations of the bundled task")
 
@@ -172,8 +171,8 @@ def _demos(args) -> int:
 
 
 def _windows(args) -> int:
+    from bac_ros.policy.loading import load_checkpoint
     from bac_ros.policy.observations import save_observations
-    from bac_ros.policy.policy import load_checkpoint
     from bac_ros.sim.demos import load_npz
     from bac_ros.train.dataset import observation_windows
     pol = load_checkpoint(args.checkpoint).config["policy"]

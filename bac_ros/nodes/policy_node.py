@@ -125,7 +125,7 @@ class PolicyNode(LifecycleNode):
         sensors = MutuallyExclusiveCallbackGroup()
         self._entities += subscribe_observations(
             self, sources, lambda s, msg: self._on_message(s, convs[s.key], msg), sensors)
-        if hasattr(policy, "set_instruction"):  # a VLA: instruction by parameter and topic
+        if policy.accepts_instruction:  # a VLA: instruction by parameter and topic
             if p["instruction"]:
                 policy.set_instruction(p["instruction"])
             self._entities.append(self.create_subscription(
@@ -383,7 +383,7 @@ class PolicyNode(LifecycleNode):
 
     def _set_instruction(self, text: str) -> None:
         with self.lock:
-            if self.policy is None or not hasattr(self.policy, "set_instruction"):
+            if self.policy is None or not self.policy.accepts_instruction:
                 return
             self.policy.set_instruction(text)
         self.get_logger().info(f"instruction now {text!r}")
