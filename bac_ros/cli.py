@@ -31,7 +31,7 @@ def _convert(args) -> int:
     import torch
 
     from bac_ros.policy.checkpoint import save_native
-    from bac_ros.policy.policy import load_checkpoint
+    from bac_ros.policy.loading import load_checkpoint
 
     ckpt = load_checkpoint(args.src)
     dtype = {"float16": torch.float16, "float32": torch.float32}[args.weights_dtype]
@@ -88,9 +88,8 @@ def _tune_observations(args, policy) -> tuple[list, Path | str]:
     from bac_ros.sim.tasks import task_demos, task_of
     from bac_ros.train.dataset import observation_windows
 
-    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
     task = task_of(policy)
-    data = task_demos(task, args.demos, seed=0, images=images)
+    data = task_demos(task, args.demos, seed=0, images=policy.reads_images)
     return (observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, 64, seed=0),
             f"{args.demos} expert demonstrations of {getattr(task, 'task', 'the bundled arm')}")
 
@@ -207,8 +206,8 @@ def _demos(args) -> int:
 
 
 def _windows(args) -> int:
+    from bac_ros.policy.loading import load_checkpoint
     from bac_ros.policy.observations import save_observations
-    from bac_ros.policy.policy import load_checkpoint
     from bac_ros.sim.demos import load_npz
     from bac_ros.train.dataset import observation_windows
     pol = load_checkpoint(args.checkpoint).config["policy"]

@@ -40,9 +40,9 @@ def random_paper_policy(device: str) -> Policy:
 
 
 def time_plans(policy: Policy, plans: dict, obs: dict, repeats: int) -> dict[str, list[float]]:
-    times = time_interleaved(policy, {name: partial(setattr, policy, "plan", plan)
+    times = time_interleaved(policy, {name: partial(policy.use_plan, plan, name)
                                       for name, plan in plans.items()}, obs, repeats)
-    policy.plan = None
+    policy.use_plan(None)
     return times
 
 

@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
-    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    data = load_npz(args.demos) if args.demos else generate_demos(200, 0, with_images=images)
+    data = (load_npz(args.demos) if args.demos
+            else generate_demos(200, 0, with_images=policy.reads_images))
     folder = args.schedules or args.out.parent / f"{args.out.stem}_schedules"
     t0 = time.perf_counter()
     schedules = compile_schedules(policy, data, folder, (5, 10, 20), (5, 0), args.profile_obs)

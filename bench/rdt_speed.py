@@ -48,14 +48,15 @@ def build(args, scheduler: dict) -> VLAPolicy:
     return VLAPolicy(ckpt, device=args.device)
 
 
-def action_error(policy: VLAPolicy, plan, observations, seed_offset: int = 0) -> float:
+def action_error(policy: VLAPolicy, plan, observations, seed_offset: int = 0,
+                 label: str = "") -> float:
     errs = []
     for i, obs in enumerate(observations):
-        policy.plan = None
+        policy.use_plan(None)
         ref = policy.predict_horizon(obs, seed=i)
-        policy.plan = plan
+        policy.use_plan(plan, label)
         errs.append(np.abs(policy.predict_horizon(obs, seed=i + seed_offset) - ref).mean())
-    policy.plan = None
+    policy.use_plan(None)
     return float(np.mean(errs))
 
 
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         spread = action_error(policy, None, eval_obs, seed_offset=1000)
         for name, plan in plans.items():
             med = float(np.median(times[name])) * 1e3
-            err = 0.0 if plan is None else action_error(policy, plan, eval_obs)
+            err = 0.0 if plan is None else action_error(policy, plan, eval_obs, label=name)
             updates = 1.0 if plan is None else float(plan.mean())
             emit(f"{label:<13} {K:>3} {name:<14} {updates:>8.3f} {med:>10.1f} "
                  f"{full_ms / med:>7.2f}x {policy.flop_ratio(plan):>9.2f}x {err:>11.4f} "

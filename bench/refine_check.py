@@ -37,8 +37,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
-    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    data = generate_demos(30, seed=0, with_images=images)
+    data = generate_demos(30, seed=0, with_images=policy.reads_images)
     obs = observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, 64, seed=0)
     fid_obs = obs[: args.fidelity_obs]
     bac = policy.compile_schedule(policy.profile(obs, batch_size=16), args.budget, 5,

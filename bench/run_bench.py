@@ -273,8 +273,7 @@ def plot_errors(model: str, rows: list[dict], path: Path) -> None:
 
 def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
     policy = Policy.from_pretrained(ckpt, device=args.device)
-    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    data = task_demos(task_of(policy), args.demos, seed=0, images=images)
+    data = task_demos(task_of(policy), args.demos, seed=0, images=policy.reads_images)
     keys, To = list(policy.obs_spec), policy.n_obs_steps
     profile_obs = observation_windows(data, keys, To, args.profile_obs, seed=0)
     error_obs = observation_windows(data, keys, To, args.error_obs, seed=1)

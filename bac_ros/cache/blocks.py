@@ -46,6 +46,20 @@ Recorder = Callable[[int, int, torch.Tensor], None]
 Wrapper = Callable[[int, Callable, tuple, dict], torch.Tensor]
 
 
+def checked_plan(plan, n_blocks: int, num_steps: int | None = None) -> np.ndarray:
+    """``plan`` as a (K, n_blocks) boolean array whose first step updates every block (with
+    K = ``num_steps`` when given), else a ValueError saying what it was."""
+    plan = np.asarray(plan, dtype=bool)
+    if plan.ndim != 2 or plan.shape[1] != n_blocks or not plan[0].all():
+        raise ValueError(
+            f"plan must be a (K, {n_blocks}) boolean array whose first step "
+            f"updates every block; got shape {plan.shape}"
+        )
+    if num_steps is not None and len(plan) != num_steps:
+        raise ValueError(f"plan has {len(plan)} steps but the sampler runs {num_steps}")
+    return plan
+
+
 class BlockCache:
     """Plan-driven compute-or-reuse for a set of bound blocks.
 
@@ -72,14 +86,7 @@ class BlockCache:
 
     def reset(self, plan: np.ndarray | None) -> None:
         """Start a new sampling run under ``plan`` (None = compute everything)."""
-        if plan is not None:
-            plan = np.asarray(plan, dtype=bool)
-            if plan.ndim != 2 or plan.shape[1] != len(self.bindings) or not plan[0].all():
-                raise ValueError(
-                    f"plan must be a (K, {len(self.bindings)}) boolean array whose first step "
-                    f"updates every block; got shape {plan.shape}"
-                )
-        self.plan = plan
+        self.plan = None if plan is None else checked_plan(plan, len(self.bindings))
         self.step = 0
         self.store = [None] * len(self.bindings)
 

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula
 
 from bac_ros.cache.adapters import BlockAdapter, adapter_for
-from bac_ros.cache.blocks import Block, BlockCache, Recorder
+from bac_ros.cache.blocks import Block, BlockCache, Recorder, checked_plan
 from bac_ros.cache.schedulers import StepTable
 
 _SDPA_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
@@ -95,10 +95,8 @@ class DenoisingEngine:
         """
         device = self._device()
         dtype = next(self.model.parameters()).dtype
-        if plan is not None and len(plan) != self.num_steps:
-            raise ValueError(
-                f"plan has {len(plan)} steps but the sampler runs {self.num_steps}"
-            )
+        if plan is not None:
+            checked_plan(plan, len(self.blocks), self.num_steps)
         self.cache.attach().reset(plan)
         self.cache.recorder = recorder
         fast_step = self.table is not None

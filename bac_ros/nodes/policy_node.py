@@ -156,7 +156,7 @@ class PolicyNode(LifecycleNode):
         sensors = self._sensors = MutuallyExclusiveCallbackGroup()
         self._entities += subscribe_observations(
             self, sources, lambda s, msg: self._on_message(s, convs[s.key], msg), sensors)
-        if hasattr(policy, "set_instruction"):  # a VLA: instruction by parameter and topic
+        if policy.accepts_instruction:  # a VLA: instruction by parameter and topic
             self._trained_instruction = policy.instruction
             if p["instruction"]:
                 policy.set_instruction(p["instruction"])
@@ -429,7 +429,7 @@ class PolicyNode(LifecycleNode):
     # -- parameters --------------------------------------------------------------------------
     def _set_instruction(self, text: str) -> None:
         with self.lock:
-            if self.policy is None or not hasattr(self.policy, "set_instruction"):
+            if self.policy is None or not self.policy.accepts_instruction:
                 return
             self.policy.set_instruction(text)
         self.get_logger().info(f"instruction now {text!r}")

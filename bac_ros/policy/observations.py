@@ -41,9 +41,9 @@ def random_observations(policy, n: int, seed: int = 0) -> list[dict[str, np.ndar
     out = []
     for _ in range(n):
         obs = {}
-        for key, (shape, kind) in policy.obs_spec.items():
+        for key, (shape, _) in policy.obs_spec.items():
             size = (policy.n_obs_steps, *shape)
-            if kind == "rgb":
+            if key in policy.cameras:
                 obs[key] = rng.integers(0, 256, size=size, dtype=np.uint8)
             else:
                 stats = policy.normalizer.params_dict[key]["input_stats"]

@@ -1,29 +1,36 @@
 """The Policy runner: observation history in, action chunk out (numpy), no ROS.
 
-``Policy.from_pretrained(path)`` loads a native checkpoint folder or a Chi et al. ``.ckpt``;
-``predict(obs)`` normalises observations, builds the model condition (low-dim vectors, or image
-features from the observation encoder), samples with the plan-driven engine under the loaded
-cache schedule, unnormalises, and returns ``action_pred[offset : offset + n_action_steps]``.
+``load_policy(path)`` (:mod:`bac_ros.policy.factory`, or ``Policy.from_pretrained(path)``)
+loads a native checkpoint folder or a Chi et al. ``.ckpt``; ``predict(obs)`` normalises
+observations, builds the model condition (low-dim vectors, or image features from the
+observation encoder), samples with the plan-driven engine under the active :class:`Sampling`
+(sampler + cache plan), unnormalises, and returns ``action_pred[offset : offset +
+n_action_steps]``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bac_ros.cache.blocks import checked_plan
+from bac_ros.cache.compile import compile_schedule
 from bac_ros.cache.engine import DenoisingEngine, plan_flops
-from bac_ros.cache.plans import bac_steps, unified_steps, uniform_plan
+from bac_ros.cache.plans import uniform_plan
 from bac_ros.cache.profile import ProfileResult, profile
-from bac_ros.cache.schedule import Schedule, ScheduleError, model_fingerprint, provenance
+from bac_ros.cache.schedule import Schedule, ScheduleError, model_fingerprint
 from bac_ros.cache.schedulers import build_scheduler
 from bac_ros.models.dpt import TransformerForDiffusion
 from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.models.vision import build_obs_encoder
-from bac_ros.policy.checkpoint import Checkpoint, CheckpointError, import_chi_ckpt, load_native
+from bac_ros.models.vision import IMAGE_TYPES, build_obs_encoder
+from bac_ros.policy.checkpoint import Checkpoint, CheckpointError
+from bac_ros.policy.factory import load_policy, register_policy
+from bac_ros.policy.loading import load_weights
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -42,46 +49,41 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    path = Path(path)
-    if path.is_dir():
-        return load_native(path)
-    if path.suffix == ".ckpt":
-        return import_chi_ckpt(path)
-    raise CheckpointError(
-        f"{path} is neither a checkpoint folder (config.yaml + model.safetensors) nor a .ckpt file"
-    )
+@dataclass(frozen=True)
+class Sampling:
+    """What a policy samples with: the sampler (scheduler config, step count, its engine) and
+    the block plan with the schedule it came from (``schedule_id`` stamps every chunk).
+
+    Built and checked whole, then swapped in with one assignment, so a refused change leaves
+    the previous configuration in place, untouched. The plan is read-only."""
+
+    scheduler_config: dict
+    num_inference_steps: int
+    engine: DenoisingEngine
+    plan: np.ndarray | None = None
+    schedule: Schedule | None = None
+    schedule_id: str = ""
+
+    @property
+    def sampler(self) -> dict:
+        return {"type": self.scheduler_config["type"],
+                "num_inference_steps": self.num_inference_steps}
+
+    def with_plan(self, plan: np.ndarray | None, schedule_id: str = "",
+                  schedule: Schedule | None = None) -> Sampling:
+        """This sampler under ``plan`` (None: full compute), checked against its engine."""
+        if plan is not None:
+            plan = checked_plan(plan, len(self.engine.blocks), self.num_inference_steps).copy()
+            plan.flags.writeable = False
+        return replace(self, plan=plan, schedule=schedule, schedule_id=schedule_id)
 
 
-def _load_strict(module: torch.nn.Module, tensors: dict, what: str) -> None:
-    """Load, allowing only aliased keys (same storage as another key) to be absent."""
-    own = module.state_dict()
-    ptrs: dict[int, str] = {}
-    aliases = set()
-    for k, v in own.items():
-        if v.numel():
-            p = v.untyped_storage().data_ptr() + v.storage_offset() * v.element_size()
-            if p in ptrs:
-                aliases.add(k)
-            ptrs.setdefault(p, k)
-    missing = sorted(set(own) - set(tensors) - aliases)
-    unexpected = sorted(set(tensors) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{what} weights do not match its config: missing {missing[:4]}, unexpected "
-            f"{unexpected[:4]} ({len(missing)} missing, {len(unexpected)} unexpected)"
-        )
-    for k, v in tensors.items():
-        if own[k].shape != v.shape:
-            raise CheckpointError(
-                f"{what} weight {k} has shape {tuple(v.shape)}; its config expects "
-                f"{tuple(own[k].shape)}"
-            )
-    module.load_state_dict(tensors, strict=False)
-
-
+@register_policy("dpt_lowdim", "dpt_image")
 class Policy:
     """A loaded DP-T policy with its normaliser, observation encoder, sampler and schedule."""
+
+    #: Takes a language instruction (``set_instruction``): a VLA.
+    accepts_instruction = False
 
     def __init__(self, checkpoint: Checkpoint, device: str = "auto", dtype: str = "float32"):
         cfg = checkpoint.config
@@ -104,9 +106,11 @@ class Policy:
         self.action_type = str(pol.get("action_type", "joint_position"))
         self.obs_spec = {k: (tuple(v["shape"]), v.get("type", "low_dim"))
                          for k, v in pol["obs"].items()}
+        #: The image observations (camera keys), in observation order.
+        self.cameras = [k for k, (_, kind) in self.obs_spec.items() if kind in IMAGE_TYPES]
 
         self.model = self.build_model(cfg["model"])
-        _load_strict(self.model, checkpoint.section("model"), "model")
+        load_weights(self.model, checkpoint.section("model"), "model")
         self.normalizer = LinearNormalizer()
         try:
             self.normalizer.load_state_dict(checkpoint.section("normalizer"))
@@ -120,10 +124,11 @@ class Policy:
         self.obs_encoder = None
         if cfg.get("obs_encoder"):
             self.obs_encoder, _ = build_obs_encoder(cfg["obs_encoder"])
-            _load_strict(self.obs_encoder, checkpoint.section("obs_encoder"), "obs_encoder")
+            load_weights(self.obs_encoder, checkpoint.section("obs_encoder"), "obs_encoder")
             self.obs_encoder.to(self.device, self.dtype).eval()
         self.model.to(self.device, self.dtype)
         self.normalizer.to(self.device)
+        self._engines: dict[tuple[str, int], DenoisingEngine] = {}
         self.set_sampler(cfg["noise_scheduler"], int(pol.get("num_inference_steps", 100)))
         self.fingerprint = model_fingerprint(
             {k: cfg[k] for k in ("policy", "model", "noise_scheduler", "obs_encoder", "backbone")
@@ -134,14 +139,16 @@ class Policy:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "float32",
                         schedule: str | Path | Schedule | None = None) -> Policy:
-        checkpoint = load_checkpoint(path)
-        if cls is Policy and checkpoint.config["policy"]["kind"] == "rdt":
-            from bac_ros.policy.vla import VLAPolicy  # a subclass of this one: import it late
+        """:func:`~bac_ros.policy.factory.load_policy`, for callers of the class: on ``Policy``
+        the checkpoint's ``policy.kind`` picks the class (``rdt``: a ``VLAPolicy``); on a
+        subclass, that subclass is built."""
+        return load_policy(path, device=device, dtype=dtype, schedule=schedule,
+                           cls=None if cls is Policy else cls)
 
-            cls = VLAPolicy
-        policy = cls(checkpoint, device=device, dtype=dtype)
-        policy.set_schedule(schedule)
-        return policy
+    @property
+    def reads_images(self) -> bool:
+        """Whether any observation is a camera image."""
+        return bool(self.cameras)
 
     @staticmethod
     def build_model(config: dict) -> torch.nn.Module:
@@ -149,12 +156,42 @@ class Policy:
         return TransformerForDiffusion(**config)
 
     # -- sampler and schedules -------------------------------------------------------------
-    def set_sampler(self, scheduler: dict | str, num_inference_steps: int) -> None:
-        """Sample with another diffusers scheduler or step count (e.g. ``"DDIMScheduler"``,
-        10): a type name keeps the training noise schedule. Drops the cache schedule.
+    @property
+    def sampling(self) -> Sampling:
+        """The active sampler and plan; replaced whole by the methods below, never edited."""
+        return self._sampling
 
-        Engines are kept per sampler, so switching back and forth costs nothing (and keeps
-        captured CUDA graphs)."""
+    @property
+    def engine(self) -> DenoisingEngine:
+        return self._sampling.engine
+
+    @property
+    def scheduler_config(self) -> dict:
+        return self._sampling.scheduler_config
+
+    @property
+    def num_inference_steps(self) -> int:
+        return self._sampling.num_inference_steps
+
+    @property
+    def sampler(self) -> dict:
+        return self._sampling.sampler
+
+    @property
+    def plan(self) -> np.ndarray | None:
+        return self._sampling.plan
+
+    @property
+    def schedule(self) -> Schedule | None:
+        return self._sampling.schedule
+
+    @property
+    def schedule_id(self) -> str:
+        return self._sampling.schedule_id
+
+    def _sampler(self, scheduler: dict | str, num_inference_steps: int) -> Sampling:
+        """Full compute with a scheduler (a config, or a type name that keeps the training noise
+        schedule) and step count, as a :class:`Sampling`; engines are kept per sampler."""
         if isinstance(scheduler, str):
             trained = self.config["noise_scheduler"]
             scheduler = dict(trained) if scheduler == trained["type"] else {
@@ -163,32 +200,41 @@ class Policy:
                    if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                             "clip_sample", "prediction_type")},
             }
-        self.scheduler_config = dict(scheduler)
-        self.num_inference_steps = int(num_inference_steps)
-        key = (json.dumps(self.scheduler_config, sort_keys=True), self.num_inference_steps)
-        engines = self.__dict__.setdefault("_engines", {})
-        if key not in engines:
-            engines[key] = DenoisingEngine(self.model, build_scheduler(self.scheduler_config),
-                                           self.num_inference_steps)
-        self.engine = engines[key]
-        self.schedule, self.plan, self.schedule_id = None, None, ""
+        config, K = dict(scheduler), int(num_inference_steps)
+        key = (json.dumps(config, sort_keys=True), K)
+        if key not in self._engines:
+            self._engines[key] = DenoisingEngine(self.model, build_scheduler(config), K)
+        return Sampling(config, K, self._engines[key])
+
+    def set_sampler(self, scheduler: dict | str, num_inference_steps: int) -> None:
+        """Sample with another diffusers scheduler or step count (e.g. ``"DDIMScheduler"``,
+        10): a type name keeps the training noise schedule. Drops the cache schedule.
+
+        Engines are kept per sampler, so switching back and forth costs nothing (and keeps
+        captured CUDA graphs)."""
+        self._sampling = self._sampler(scheduler, num_inference_steps)
 
     def use_trained_sampler(self) -> None:
         """Back to the checkpoint's own sampler and step count, full compute."""
         self.set_sampler(self.config["noise_scheduler"],
                          int(self.config["policy"].get("num_inference_steps", 100)))
 
-    @property
-    def sampler(self) -> dict:
-        return {"type": self.scheduler_config["type"],
-                "num_inference_steps": self.num_inference_steps}
+    def use_plan(self, plan: np.ndarray | None, label: str = "") -> None:
+        """Sample with the current sampler under ``plan``, a (K, blocks) boolean array (None:
+        full compute), named ``label``: the ``schedule_id`` chunks are stamped with. A plan
+        without a label, or one that does not fit the sampler, is refused (ValueError) and
+        nothing changes."""
+        if plan is not None and not label:
+            raise ValueError("a plan needs a label (the schedule_id its chunks are stamped "
+                             "with); got an empty one")
+        self._sampling = self._sampling.with_plan(plan, label)
 
     def set_schedule(self, spec: str | Path | Schedule | None) -> None:
         """``None``/'none'/'' = full compute with the current sampler; 'uniform:N'; a schedule
         file or object: validated against this model (else :class:`ScheduleError` and nothing
         changes), and sampled with the sampler and step count it was compiled for."""
         if spec is None or str(spec) in ("", "none", "full"):
-            self.schedule, self.plan, self.schedule_id = None, None, ""
+            self.use_plan(None)
             return
         if isinstance(spec, str) and spec.startswith("uniform:"):
             try:
@@ -197,34 +243,32 @@ class Policy:
                 raise ValueError(
                     f"uniform schedule must be 'uniform:N' with an integer N; got {spec!r}"
                 ) from None
-            plan = uniform_plan(self.num_inference_steps, len(self.engine.blocks), every)
-            self.schedule, self.plan, self.schedule_id = None, plan, spec
+            self.use_plan(uniform_plan(self.num_inference_steps, len(self.engine.blocks), every),
+                          spec)
             return
         sched = spec if isinstance(spec, Schedule) else Schedule.load(spec)
-        saved = {k: self.__dict__[k] for k in ("scheduler_config", "num_inference_steps",
-                                               "engine", "schedule", "plan", "schedule_id")}
         try:
-            if sched.sampler != self.sampler:  # the schedule names the sampler it was made for
-                self.set_sampler(str(sched.sampler.get("type")), sched.num_steps)
-            plan = sched.validate_for(self.fingerprint, self.sampler["type"],
-                                      self.num_inference_steps, self.engine.blocks)
-        except (ValueError, KeyError, AttributeError) as e:
-            self.__dict__.update(saved)  # a refused schedule changes nothing
+            current = self._sampling
+            if sched.sampler != current.sampler:  # the schedule names the sampler it was made for
+                current = self._sampler(str(sched.sampler.get("type")), sched.num_steps)
+            plan = sched.validate_for(self.fingerprint, current.sampler["type"],
+                                      current.num_inference_steps, current.engine.blocks)
+        except (ValueError, KeyError, AttributeError) as e:  # nothing has changed yet
             if isinstance(e, ScheduleError):
                 raise
             raise ScheduleError(
                 f"schedule asks for sampler {sched.sampler}, which cannot be built here ({e})"
             ) from None
-        self.schedule, self.plan, self.schedule_id = sched, plan, sched.id
+        self._sampling = current.with_plan(plan, sched.id, sched)
 
     # -- observations ----------------------------------------------------------------------
     def _obs_tensor(self, key: str, value, batched: bool) -> torch.Tensor:
-        shape, kind = self.obs_spec[key]
+        shape = self.obs_spec[key][0]
         arr = np.asarray(value)
         if not batched:
             arr = arr[None]
         camera_layout = arr.ndim == 5 and arr.shape[-1] == shape[0] != arr.shape[2]
-        if kind == "rgb" and camera_layout:
+        if key in self.cameras and camera_layout:
             arr = np.moveaxis(arr, -1, 2)  # (B, To, H, W, C) camera layout -> (B, To, C, H, W)
         if arr.ndim != 2 + len(shape) or tuple(arr.shape[2:]) != shape:
             raise ObservationError(
@@ -314,40 +358,13 @@ class Policy:
     def compile_schedule(self, result: ProfileResult, budget: int = 10, top_k: int = 5,
                          metric: str = "cosine", last_step: bool = True,
                          source: str | Path = "", allocation: str = "per_block") -> Schedule:
-        """A schedule from a profile of this policy's current sampler. ``source``: the
-        observations' file or bag (recorded by name and hash) or a description. ``allocation``:
-        ``per_block`` is BAC (ACS with ``budget`` updates per block -> BUA -> final step);
-        ``shared`` spends the same total FLOPs across blocks by ACS gain (then BUA, final step);
-        ``unified`` is the paper's ablation, one ACS solution for every block."""
-        sim = result.mean[metric]
-        if sim.shape[-1] != self.num_inference_steps:
-            raise ValueError(
-                f"the profile covers {sim.shape[-1]} steps but the policy samples with "
-                f"{self.num_inference_steps}; profile with the sampler to compile for"
-            )
-        names = [b.name for b in result.blocks]
-        selected: list[int] = []
-        if allocation == "unified":
-            steps, top_k = unified_steps(sim, budget, metric, last_step), 0
-            name = f"unified_s{budget}"
-        elif allocation in ("per_block", "shared"):
-            steps, selected = bac_steps(sim, result.errors, result.blocks, budget, metric, top_k,
-                                        last_step,
-                                        self.flops()[0] if allocation == "shared" else None)
-            name = f"{'shared' if allocation == 'shared' else 'bac'}_s{budget}_k{top_k}"
-        else:
-            raise ValueError(
-                f"allocation is {allocation!r}; expected per_block, shared or unified"
-            )
-        return Schedule(
-            fingerprint=self.fingerprint,
-            sampler=self.sampler,
-            steps=dict(zip(names, steps)),
-            method={"name": name, "metric": metric, "budget": budget, "top_k": top_k,
-                    "bua_blocks": [names[i] for i in selected], "force_last_step": last_step,
-                    "allocation": allocation},
-            provenance=provenance(source, result.observations),
-        )
+        """A schedule from a profile of this policy's current sampler; ``source``: the
+        observations' file or bag (recorded by name and hash) or a description
+        (:func:`bac_ros.cache.compile.compile_schedule`: ``per_block`` BAC, ``shared`` FLOP
+        budget, or the ``unified`` ablation)."""
+        return compile_schedule(result, self.fingerprint, self.sampler, budget, top_k, metric,
+                                last_step, source, allocation,
+                                self.flops()[0] if allocation == "shared" else None)
 
     def flop_probe(self) -> tuple[torch.Tensor | None, tuple[int, ...]]:
         """A one-observation model condition and sample shape to count FLOPs with."""

@@ -17,18 +17,22 @@ import torch
 from bac_ros.models.backbone import Backbone, build_backbone
 from bac_ros.models.rdt import RDTHead
 from bac_ros.policy.checkpoint import Checkpoint, CheckpointError
-from bac_ros.policy.policy import ObservationError, Policy, _load_strict
+from bac_ros.policy.factory import register_policy
+from bac_ros.policy.loading import load_weights
+from bac_ros.policy.policy import ObservationError, Policy
 
 
+@register_policy("rdt")
 class VLAPolicy(Policy):
     """Observations ``{camera keys: images, state_key: (To, Ds)}`` plus an instruction (the
     observation's ``"instruction"`` entry, else the one set with :meth:`set_instruction`)."""
+
+    accepts_instruction = True
 
     def __init__(self, checkpoint: Checkpoint, device: str = "auto", dtype: str = "float32"):
         super().__init__(checkpoint, device=device, dtype=dtype)
         pol = self.config["policy"]
         self.state_key = pol.get("state_key", "joints")
-        self.cameras = [k for k, (_, kind) in self.obs_spec.items() if kind == "rgb"]
         if self.obs_spec.get(self.state_key, (None, "rgb"))[1] != "low_dim":
             raise CheckpointError(f"policy.state_key {self.state_key!r} is not a low-dim "
                                   f"observation; observations are {list(self.obs_spec)}")
@@ -43,7 +47,7 @@ class VLAPolicy(Policy):
             raise CheckpointError("rdt checkpoint config lacks 'backbone'")
         backbone = build_backbone(self.config["backbone"])
         if self.config["backbone"].get("type") == "tiny":
-            _load_strict(backbone, checkpoint.section("backbone"), "backbone")
+            load_weights(backbone, checkpoint.section("backbone"), "backbone")
         self.set_backbone(backbone)
 
     @staticmethod

@@ -191,8 +191,7 @@ def evaluate(
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
     apply_method(policy, method)
     task = task or task_of(policy)
-    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    eps = [_Episode(policy, task, seed + i, images) for i in range(episodes)]
+    eps = [_Episode(policy, task, seed + i, policy.reads_images) for i in range(episodes)]
     progress = progress or (lambda n: None)
     t0 = time.perf_counter()
     if mode == "realtime" and latency_ms is None:
