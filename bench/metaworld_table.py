@@ -66,8 +66,8 @@ def main(argv=None) -> int:
         print(f"{name:<16} success {r['success_rate']:6.1%} [{lo:.1%}, {hi:.1%}] "
               f"({r['wall_s']:.0f} s)", flush=True)
 
-    images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
-    window = {k: np.stack([v] * policy.n_obs_steps) for k, v in _first_obs(task, images).items()
+    window = {k: np.stack([v] * policy.n_obs_steps)
+              for k, v in _first_obs(task, policy.reads_images).items()
               if k in policy.obs_spec}
     setups = {name: (lambda m=method: apply_method(policy, m)) for name, method in methods.items()}
     times = time_interleaved(policy, setups, window, args.repeats)

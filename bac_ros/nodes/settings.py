@@ -74,7 +74,7 @@ def live_settings(values: Mapping, policy) -> LiveSettings:
     if replan_steps < 0:
         raise ValueError(f"replan_steps is {replan_steps}; expected 0 (the policy's "
                          f"n_action_steps, {policy.n_action_steps}) or a positive frame count")
-    if values["instruction"] and not hasattr(policy, "set_instruction"):
+    if values["instruction"] and not policy.accepts_instruction:
         raise ValueError(f"instruction is {values['instruction']!r}, but this "
                          f"{policy.config['policy']['kind']} policy takes no instruction; "
                          "expected '' (only VLA policies read one)")
