@@ -287,13 +287,13 @@ def test_prepare_carries_the_token_masks_and_step_equals_forward():
     sample = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(13))
     with torch.no_grad():
         context = head.prepare(cond, timesteps)
-        masks = [mask for _, mask in context.blocks]
+        masks = [mask for _, _, mask in context.blocks]
         assert all(torch.equal(m, LANG_MASK if i % 2 == 0 else IMG_MASK)
                    for i, m in enumerate(masks))
         for k, t in enumerate(timesteps):
             torch.testing.assert_close(head.step(sample, k, context), head(sample, t, cond),
                                        rtol=1e-5, atol=1e-6)
-        assert all(m is None for _, m in head.prepare(_cond(head), timesteps).blocks)
+        assert all(m is None for _, _, m in head.prepare(_cond(head), timesteps).blocks)
 
 
 def _naive_uniform(head, cond, every, seed):

@@ -308,17 +308,17 @@ class TransformerForDiffusion(nn.Module):
         time = self.time_tokens(timesteps.reshape(-1)).unflatten(0, (K, -1))  # (K, n, 1, E)
         if self.encoder_only:
             return DPTContext(time, [], self.mask, None)
-        layers = self.decoder.layers
         if isinstance(self.encoder, LayerStack):
             B = time.shape[1] if cond is None else cond.shape[0]
             obs = None if cond is None else cond.expand(K, *cond.shape).flatten(0, 1)
             memory = self.encode_condition(time.expand(K, B, -1, -1).flatten(0, 1), obs)
-            kv = [tuple(t.unflatten(0, (K, B)) for t in layer.memory_kv(memory))
-                  for layer in layers]
+            decoder = [(layer, *(t.unflatten(0, (K, B)) for t in layer.memory_kv(memory)))
+                       for layer in self.decoder.layers]
         else:
             memory = self.encode_condition(time.squeeze(2).transpose(0, 1), cond)
-            kv = [tuple(_per_step(t, K) for t in layer.memory_kv(memory)) for layer in layers]
-        return DPTContext(time, kv, self.mask, self.memory_mask)
+            decoder = [(layer, *(_per_step(t, K) for t in layer.memory_kv(memory)))
+                       for layer in self.decoder.layers]
+        return DPTContext(time, decoder, self.mask, self.memory_mask)
 
     def step(self, sample: torch.Tensor, k: int, context: DPTContext) -> torch.Tensor:
         """One denoising step's network: the output for the k-th of the prepared timesteps."""
@@ -331,7 +331,7 @@ class TransformerForDiffusion(nn.Module):
             return self.output(x[:, 1:, :])
         mask, memory_mask = context.mask, context.memory_mask
         x = self.embed_input(sample)
-        for layer, (keys, values) in zip(self.decoder.layers, context.memory_kv):
+        for layer, keys, values in context.decoder:
             x = x + layer.sa_branch(x, mask)
             x = x + layer.ca_branch(x, None, memory_mask, (keys[k], values[k]))
             x = x + layer.ffn_branch(x)
@@ -350,11 +350,12 @@ class TransformerForDiffusion(nn.Module):
 
 class DPTContext(NamedTuple):
     """:meth:`TransformerForDiffusion.prepare`'s result: time tokens (K, n, 1, n_emb) with n the
-    batch or 1; per decoder layer the keys and values of every step's memory (K, B, heads,
-    T_cond, head dim); the self-attention and memory masks."""
+    batch or 1; per decoder layer (the layer, the keys and the values of every step's memory,
+    each (K, B, heads, T_cond, head dim)), listed so that a step does no module lookups; the
+    self-attention and memory masks."""
 
     time: torch.Tensor
-    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
+    decoder: list[tuple[DecoderLayer, torch.Tensor, torch.Tensor]]
     mask: torch.Tensor | None
     memory_mask: torch.Tensor | None
 

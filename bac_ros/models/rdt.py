@@ -199,15 +199,17 @@ class RDT(nn.Module):
     def block_conditions(self, lang: torch.Tensor, img: torch.Tensor,
                          lang_mask: torch.Tensor | None = None,
                          img_mask: torch.Tensor | None = None) -> list:
-        """Per block, the cross-attention keys/values of its condition tokens (language for even
-        blocks, image for odd) and their token mask: per observation, not per step."""
+        """Per block (the block, the cross-attention keys/values of its condition tokens —
+        language for even blocks, image for odd — and their token mask): per observation, not
+        per step."""
         conds = ((lang, lang_mask), (img, img_mask))
-        return [(block.cross_attn.keys_values(conds[i % 2][0]), conds[i % 2][1])
+        return [(block, block.cross_attn.keys_values(conds[i % 2][0]), conds[i % 2][1])
                 for i, block in enumerate(self.blocks)]
 
     def run_blocks(self, h: torch.Tensor, block_conditions: list) -> torch.Tensor:
-        """Blocks and final layer over position-embedded trunk tokens; the action outputs."""
-        for block, (kv, mask) in zip(self.blocks, block_conditions):
+        """Blocks (as :meth:`block_conditions` lists them) and final layer over position-embedded
+        trunk tokens; the action outputs."""
+        for block, kv, mask in block_conditions:
             h = h + block.sa_branch(h)
             h = h + block.ca_branch(h, None, kv, mask)
             h = h + block.ffn_branch(h)
@@ -359,7 +361,7 @@ class RDTHead(nn.Module):
 
 class RDTContext(NamedTuple):
     """:meth:`RDTHead.prepare`'s result: time tokens (K, B, 1, hidden), the frequency and state
-    tokens (B, 2, hidden), and per block ((keys, values), token mask or None)."""
+    tokens (B, 2, hidden), and per block (the block, (keys, values), token mask or None)."""
 
     time: torch.Tensor
     head: torch.Tensor
