@@ -154,3 +154,25 @@ def test_obs_as_cond_without_time_as_cond_is_refused():
     with pytest.raises(ValueError, match="time_as_cond"):
         TransformerForDiffusion(input_dim=2, output_dim=2, horizon=4, cond_dim=3,
                                 time_as_cond=False)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_prepare_for_all_steps_then_step_equals_forward_per_step(variant):
+    """The sampler's interface: one prepare for K timesteps, then step k = forward at t_k."""
+    ours, _, kw = _pair(variant)
+    g = torch.Generator().manual_seed(2)
+    sample = torch.randn(3, 8, 4, generator=g)
+    cond = torch.randn(3, 2, 10, generator=g) if kw["cond_dim"] else None
+    timesteps = torch.tensor([90, 45, 3])
+    with torch.no_grad():
+        context = ours.prepare(cond, timesteps)
+        for k, t in enumerate(timesteps):
+            torch.testing.assert_close(ours.step(sample, k, context), ours(sample, t, cond),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_a_transformer_condition_encoder_takes_one_time_token_at_a_time():
+    ours, _, _ = _pair("cond_layers")
+    with pytest.raises(ValueError, match="got 3 time tokens; a transformer condition encoder "
+                                         "mixes its tokens"):
+        ours.encode_condition(torch.zeros(2, 3, 32), torch.zeros(2, 2, 10))

@@ -94,3 +94,16 @@ def test_generic_adapter_names_missing_modules():
         GenericAdapter([("mlp.9", "forward", 9, "ffn")]).bind(TinyDiT())
     with pytest.raises(AttributeError, match="has no method 'nope'"):
         GenericAdapter([("layers.0", "nope", 0, "ffn")]).bind(TinyDiT())
+
+
+def test_a_model_with_half_the_step_interface_is_refused():
+    import pytest
+
+    class HalfDiT(TinyDiT):
+        def prepare(self, cond, timesteps):
+            return cond
+
+    with pytest.raises(TypeError, match="HalfDiT defines prepare but not the other; a model's "
+                                        "per-step interface is both or neither"):
+        DenoisingEngine(HalfDiT(), build_scheduler(DEFAULT_SCHEDULER), 4,
+                        adapter=GenericAdapter(DECLARED))

@@ -278,6 +278,24 @@ def test_fast_path_matches_reference_and_generic_declaration(masked):
     assert torch.equal(a, b)
 
 
+def test_prepare_carries_the_token_masks_and_step_equals_forward():
+    """The masks travel packed in the condition; prepare unpacks them into the context, each
+    block with its condition's mask, and step k under the K prepared timesteps is forward."""
+    head = _head()
+    cond = _cond(head, masked=True)
+    timesteps = torch.tensor([900, 500, 20])
+    sample = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        context = head.prepare(cond, timesteps)
+        masks = [mask for _, _, mask in context.blocks]
+        assert all(torch.equal(m, LANG_MASK if i % 2 == 0 else IMG_MASK)
+                   for i, m in enumerate(masks))
+        for k, t in enumerate(timesteps):
+            torch.testing.assert_close(head.step(sample, k, context), head(sample, t, cond),
+                                       rtol=1e-5, atol=1e-6)
+        assert all(m is None for _, _, m in head.prepare(_cond(head), timesteps).blocks)
+
+
 def _naive_uniform(head, cond, every, seed):
     """Cached DPM-Solver sampling written out by hand from the head's public pieces."""
     s = build_scheduler(RDT_SCHEDULER)

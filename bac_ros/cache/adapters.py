@@ -1,124 +1,32 @@
-"""Adapters: which methods of a model are its cacheable blocks, and how a step is run.
+"""Block declarations: which methods of a model are its cacheable blocks, as data.
 
-An adapter is the only place that knows a model's layout. ``bind`` names the blocks (stable
-names used in schedule files); ``runner`` returns the per-step function the sampler calls. The
-default runner is the model's own ``forward`` (hooks make it cache); a model-specific runner may
-hoist work that does not change across steps out of the loop, without changing the maths.
+An adapter names a model's blocks (residual branches) by module path, method, layer index and
+kind, with stable names for schedule files; it holds none of the model's maths (the engine runs
+every model through the model's own per-step interface, see ``engine.py``). The package's own
+models are registered here by class name, so this module imports no model; a new model is
+registered from its own code with :func:`register_adapter`, or its adapter passed to the engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import torch
 from torch import nn
 
 from bac_ros.cache.blocks import Block, BlockBinding
-from bac_ros.models.dpt import LayerStack, TransformerForDiffusion
-from bac_ros.models.rdt import RDTHead
-
-StepFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 class BlockAdapter:
-    """Base adapter: subclasses implement :meth:`bind`; :meth:`runner` defaults to ``forward``."""
+    """Names a model's blocks: :meth:`declare` lists them as ``(module_path, method, layer,
+    kind[, name])`` in execution order; :meth:`bind` finds them on a model instance."""
 
-    def bind(self, model: nn.Module) -> list[BlockBinding]:
+    def declare(self, model: nn.Module) -> list[tuple]:
         raise NotImplementedError
-
-    def runner(
-        self,
-        model: nn.Module,
-        cond: torch.Tensor | None,
-        timesteps: torch.Tensor,
-        fast: bool = True,
-    ) -> StepFn:
-        """Per-observation setup; returns ``step(x, k) -> model output`` for step index k."""
-        return lambda x, k: model(x, timesteps[k], cond)
-
-
-class DPTAdapter(BlockAdapter):
-    """DP-T: per decoder layer ``sa``/``ca``/``ffn`` (encoder layers ``sa``/``ffn`` when the model
-    is encoder-only). Names: ``decoder.layers.<l>.{self_attn,cross_attn,ffn}``."""
-
-    KIND_NAMES = {"sa": ("sa_branch", "self_attn"), "ca": ("ca_branch", "cross_attn"),
-                  "ffn": ("ffn_branch", "ffn")}
-
-    def bind(self, model: TransformerForDiffusion) -> list[BlockBinding]:
-        stack, prefix, kinds = (
-            (model.encoder, "encoder", ("sa", "ffn"))
-            if model.encoder_only
-            else (model.decoder, "decoder", ("sa", "ca", "ffn"))
-        )
-        bindings = []
-        for l, layer in enumerate(stack.layers):
-            for kind in kinds:
-                method, label = self.KIND_NAMES[kind]
-                block = Block(f"{prefix}.layers.{l}.{label}", l, kind)
-                bindings.append(BlockBinding(block, layer, method))
-        return bindings
-
-    def runner(self, model, cond, timesteps, fast=True):
-        if not fast or model.encoder_only or isinstance(model.encoder, LayerStack):
-            return super().runner(model, cond, timesteps, fast)
-        return _dpt_fast_runner(model, cond, timesteps)
-
-
-def _dpt_fast_runner(
-    model: TransformerForDiffusion, cond: torch.Tensor | None, timesteps: torch.Tensor
-) -> StepFn:
-    """With a per-token (MLP) condition encoder, memory = [time token(t_k), obs tokens]: the time
-    part depends only on k and the obs part only on the observation. Both, and their
-    cross-attention keys/values, are computed once here instead of at every step."""
-    K = len(timesteps)
-    time_tok = model.time_tokens(timesteps)  # (K, 1, E)
-    mem_time = model.encoder(model.drop(time_tok + model.cond_pos_emb[:, :1]))
-    mem_obs = None
-    if model.cond_obs_emb is not None:
-        obs = model.cond_obs_emb(cond)
-        mem_obs = model.encoder(model.drop(obs + model.cond_pos_emb[:, 1 : 1 + obs.shape[1]]))
-    B = cond.shape[0] if cond is not None else 1
-    layers = list(model.decoder.layers)
-    kv_per_layer = []
-    for layer in layers:
-        kt, vt = layer.memory_kv(mem_time)  # (K, H, 1, d)
-        kt, vt = kt[:, None].expand(K, B, *kt.shape[1:]), vt[:, None].expand(K, B, *vt.shape[1:])
-        if mem_obs is not None:
-            ko, vo = layer.memory_kv(mem_obs)  # (B, H, To, d)
-            kt = torch.cat([kt, ko[None].expand(K, *ko.shape)], dim=3)
-            vt = torch.cat([vt, vo[None].expand(K, *vo.shape)], dim=3)
-        kv_per_layer.append((kt.contiguous(), vt.contiguous()))
-    mask, memory_mask = model.mask, model.memory_mask
-
-    def step(x: torch.Tensor, k: int) -> torch.Tensor:
-        h = model.embed_input(x)
-        for layer, (kk, vv) in zip(layers, kv_per_layer):
-            h = h + layer.sa_branch(h, mask)
-            h = h + layer.ca_branch(h, None, memory_mask, kv=(kk[k], vv[k]))
-            h = h + layer.ffn_branch(h)
-        return model.output(h)
-
-    return step
-
-
-class GenericAdapter(BlockAdapter):
-    """Blocks of any transformer, declared as data: ``(module_path, method, layer, kind)``.
-
-    ``module_path`` is the dotted name from ``model.named_modules()``; ``method`` returns the
-    residual branch (``x + method(...)`` in the model's forward) — ``"forward"`` when the branch
-    is a submodule of its own. Each declared method must run exactly once per denoising step
-    (one method per layer, not one shared by all layers). The block is named
-    ``<module_path>.<method>`` unless a fifth element gives a name. The model's
-    ``forward(sample, timestep, cond)`` is the step.
-    """
-
-    def __init__(self, declarations: Sequence[tuple]):
-        self.declarations = [tuple(d) for d in declarations]
 
     def bind(self, model: nn.Module) -> list[BlockBinding]:
         modules = dict(model.named_modules())
         bindings = []
-        for decl in self.declarations:
+        for decl in self.declare(model):
             path, method, layer, kind = decl[:4]
             if path not in modules:
                 raise KeyError(f"block module {path!r} is not in the model")
@@ -130,56 +38,81 @@ class GenericAdapter(BlockAdapter):
         return bindings
 
 
-class RDTAdapter(BlockAdapter):
+class GenericAdapter(BlockAdapter):
+    """Blocks of any transformer, declared one by one: ``(module_path, method, layer, kind)``.
+
+    ``module_path`` is the dotted name from ``model.named_modules()``; ``method`` returns the
+    residual branch (``x + method(...)`` in the model's forward) — ``"forward"`` when the branch
+    is a submodule of its own. Each declared method must run exactly once per denoising step
+    (one method per layer, not one shared by all layers). The block is named
+    ``<module_path>.<method>`` unless a fifth element gives a name.
+    """
+
+    def __init__(self, declarations: Sequence[tuple]):
+        self.declarations = [tuple(d) for d in declarations]
+
+    def declare(self, model: nn.Module) -> list[tuple]:
+        return self.declarations
+
+
+class LayerAdapter(BlockAdapter):
+    """Blocks declared per layer, for models whose layers sit in one list.
+
+    ``LAYERS`` pairs candidate paths of that list with each layer's branches ``(kind, method,
+    label)`` in execution order; the first path the model has is used. Layer ``l``'s branch is
+    ``<path>.<l>``'s ``method``, named ``<path>.<l>.<label>``.
+    """
+
+    LAYERS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = ()
+
+    def declare(self, model: nn.Module) -> list[tuple]:
+        modules = dict(model.named_modules())
+        for path, branches in self.LAYERS:
+            if path in modules:
+                return [(f"{path}.{l}", method, l, kind, f"{path}.{l}.{label}")
+                        for l in range(len(modules[path])) for kind, method, label in branches]
+        raise KeyError(f"{type(model).__name__} has none of the layer lists "
+                       f"{[path for path, _ in self.LAYERS]}")
+
+
+class DPTAdapter(LayerAdapter):
+    """DP-T: per decoder layer ``sa``/``ca``/``ffn`` (encoder layers ``sa``/``ffn`` when the model
+    is encoder-only). Names: ``decoder.layers.<l>.{self_attn,cross_attn,ffn}``."""
+
+    SA, CA, FFN = (("sa", "sa_branch", "self_attn"), ("ca", "ca_branch", "cross_attn"),
+                   ("ffn", "ffn_branch", "ffn"))
+    LAYERS = (("decoder.layers", (SA, CA, FFN)), ("encoder.layers", (SA, FFN)))
+
+
+class RDTAdapter(LayerAdapter):
     """RDT-style head: per block ``sa``/``ca``/``ffn``, named ``model.blocks.<l>.{attn,
     cross_attn,ffn}`` (the modules' own state-dict paths)."""
 
     KINDS = (("sa", "sa_branch", "attn"), ("ca", "ca_branch", "cross_attn"),
              ("ffn", "ffn_branch", "ffn"))
-
-    def bind(self, model: RDTHead) -> list[BlockBinding]:
-        return [BlockBinding(Block(f"model.blocks.{l}.{label}", l, kind), block, method)
-                for l, block in enumerate(model.model.blocks) for kind, method, label in self.KINDS]
-
-    def runner(self, model, cond, timesteps, fast=True):
-        if not fast:
-            return super().runner(model, cond, timesteps, fast)
-        return _rdt_fast_runner(model, cond, timesteps)
+    LAYERS = (("model.blocks", KINDS),)
 
 
-def _rdt_fast_runner(model: RDTHead, cond: torch.Tensor, timesteps: torch.Tensor) -> StepFn:
-    """The time tokens of all steps, and every block's cross-attention keys/values of its
-    (language or image) condition, are computed once per observation instead of per step; each
-    block keeps its condition's token mask."""
-    dit = model.model
-    head, lang, img, lang_mask, img_mask = model.split_condition(cond)
-    B = cond.shape[0]
-    time_tok = dit.t_embedder(timesteps)[:, None, None].expand(-1, B, 1, -1)  # (K, B, 1, E)
-    pos = dit.x_pos_embed
-    blocks = list(dit.blocks)
-    kvs = [b.cross_attn.keys_values(lang if i % 2 == 0 else img) for i, b in enumerate(blocks)]
-    masks = [lang_mask if i % 2 == 0 else img_mask for i in range(len(blocks))]
-
-    def step(x: torch.Tensor, k: int) -> torch.Tensor:
-        h = torch.cat([time_tok[k], head, model.adapt_actions(x)], dim=1) + pos
-        for block, kv, mask in zip(blocks, kvs, masks):
-            h = h + block.sa_branch(h)
-            h = h + block.ca_branch(h, None, kv, mask)
-            h = h + block.ffn_branch(h)
-        return dit.final_layer(h)[:, -dit.horizon:]
-
-    return step
+# Model class name -> adapter factory (by name: cache/ imports no model).
+ADAPTERS: dict[str, Callable[[], BlockAdapter]] = {"TransformerForDiffusion": DPTAdapter,
+                                                   "RDTHead": RDTAdapter}
 
 
-ADAPTERS: dict[type, Callable[[], BlockAdapter]] = {TransformerForDiffusion: DPTAdapter,
-                                                    RDTHead: RDTAdapter}
+def register_adapter(model_class: type | str, factory: Callable[[], BlockAdapter]) -> None:
+    """Make :func:`adapter_for` return ``factory()`` for models of this class (or a subclass)."""
+    if not callable(factory):
+        raise TypeError(f"factory must be callable and return a BlockAdapter; got "
+                        f"{type(factory).__name__}")
+    ADAPTERS[model_class if isinstance(model_class, str) else model_class.__name__] = factory
 
 
 def adapter_for(model: nn.Module) -> BlockAdapter:
-    for cls, factory in ADAPTERS.items():
-        if isinstance(model, cls):
+    """The registered adapter of the model's class or, failing that, of its nearest base."""
+    for cls in type(model).__mro__:
+        factory = ADAPTERS.get(cls.__name__)
+        if factory is not None:
             return factory()
     raise TypeError(
         f"no block adapter is registered for {type(model).__name__}; pass a GenericAdapter "
-        "declaring its blocks"
+        "declaring its blocks, or register one with register_adapter"
     )

@@ -2,8 +2,14 @@
 
 Full compute is the plan ``None`` (every block updates at every step). A plan is a (K, blocks)
 boolean array fixed before sampling, so nothing in the loop depends on data: noise is drawn up
-front, scheduler constants are tabulated, and per-observation constants are hoisted by the
-adapter's runner. On CUDA the whole loop can be captured once per plan as a graph and replayed.
+front, scheduler constants are tabulated, and what depends only on the observation and the step
+schedule is computed once by the model's ``prepare``. On CUDA the whole loop can be captured once
+per plan as a graph and replayed.
+
+The engine knows no model. It drives one through its per-step interface:
+``context = model.prepare(cond, timesteps)`` once per sample (``timesteps``: the K steps'), then
+``model.step(x, k, context)`` at step k, the model's ``forward(x, timesteps[k], cond)`` being
+the same code for one timestep. A model without ``prepare``/``step`` runs ``forward`` per step.
 """
 
 from __future__ import annotations
@@ -30,10 +36,10 @@ if _SDPA_CPU.default not in flop_registry and _SDPA_CPU not in flop_registry:
 class DenoisingEngine:
     """Samples ``x_0`` for a batch of conditions with a diffusers scheduler and a block plan.
 
-    ``fast=False`` runs the model's plain ``forward`` and the scheduler's own ``step`` (the
-    reference path); ``fast=True`` uses the adapter's runner and the tabulated update, which
-    are the same maths in a cheaper order (equal to float rounding). On CUDA the fast path
-    replays one captured graph per (plan, shape) when ``cuda_graphs`` is on.
+    ``fast=False`` runs the model's plain ``forward`` at every step and the scheduler's own
+    ``step`` (the reference path); ``fast=True`` runs ``prepare`` once and ``step`` per step,
+    with the tabulated update: the same maths in a cheaper order (equal to float rounding). On
+    CUDA the fast path replays one captured graph per (plan, shape) when ``cuda_graphs`` is on.
     """
 
     def __init__(
@@ -48,6 +54,11 @@ class DenoisingEngine:
         self.model = model.eval()
         self.scheduler = scheduler
         self.adapter = adapter or adapter_for(model)
+        has = [callable(getattr(model, name, None)) for name in ("prepare", "step")]
+        if has[0] != has[1]:
+            raise TypeError(f"{type(model).__name__} defines {'prepare' if has[0] else 'step'} "
+                            "but not the other; a model's per-step interface is both or neither")
+        self._stepwise = has[0]
         self.cache = BlockCache(self.adapter.bind(model)).attach()
         scheduler.set_timesteps(num_inference_steps)
         self.timesteps = scheduler.timesteps.clone()
@@ -121,7 +132,10 @@ class DenoisingEngine:
         device = x.device
         if self._timesteps_dev is None or self._timesteps_dev.device != device:
             self._timesteps_dev = self.timesteps.to(device)  # never copied inside a graph capture
-        step_fn = self.adapter.runner(self.model, cond, self._timesteps_dev, fast=self.fast)
+        timesteps, model = self._timesteps_dev, self.model
+        stepwise = self.fast and self._stepwise
+        if stepwise:
+            context, step = model.prepare(cond, timesteps), model.step
         if self.table is None:  # multistep solvers keep per-run state (step index, history)
             self.scheduler.set_timesteps(self.num_steps)
         inpaint = condition_mask is not None
@@ -129,7 +143,7 @@ class DenoisingEngine:
             self.cache.step = k
             if inpaint:
                 x = torch.where(condition_mask, condition_data, x)
-            out = step_fn(x, k)
+            out = step(x, k, context) if stepwise else model(x, timesteps[k], cond)
             if self.table is not None:
                 x = self.table.step(k, out, x, None if noise is None else noise[k])
             else:

@@ -4,12 +4,16 @@
 The decoder (and encoder) layers are written here rather than taken from ``nn.Transformer*``:
 they keep the same parameter names but expose each residual branch as a public method
 (``sa_branch``, ``ca_branch``, ``ffn_branch``), which is what a block cache drives. The model
-itself knows nothing about caching.
+itself knows nothing about caching. Its one forward pass is split in two for a sampler:
+:meth:`~TransformerForDiffusion.prepare` (what depends only on the condition and the timesteps,
+for all steps at once) and :meth:`~TransformerForDiffusion.step` (one step's network);
+``forward`` is ``prepare`` for one timestep followed by ``step``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +35,10 @@ class SinusoidalPosEmb(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm decoder layer, ``nn.TransformerDecoderLayer``'s parameter names (gelu, 4x FFN)."""
+    """Pre-norm decoder layer, ``nn.TransformerDecoderLayer``'s parameter names (gelu, 4x FFN).
+
+    Its three branches are wired (``x = x + branch(x)``) by :meth:`TransformerForDiffusion.step`,
+    which hands cross-attention the memory's keys/values computed once per observation."""
 
     def __init__(self, n_emb: int, n_head: int, p_drop: float):
         super().__init__()
@@ -69,17 +76,6 @@ class DecoderLayer(nn.Module):
     def ffn_branch(self, x: torch.Tensor) -> torch.Tensor:
         h = self.linear1(self.norm3(x))
         return self.dropout3(self.linear2(self.dropout(F.gelu(h))))
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        memory: torch.Tensor,
-        tgt_mask: torch.Tensor | None = None,
-        memory_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x = x + self.sa_branch(x, tgt_mask)
-        x = x + self.ca_branch(x, memory, memory_mask)
-        return x + self.ffn_branch(x)
 
 
 class EncoderLayer(nn.Module):
@@ -262,22 +258,29 @@ class TransformerForDiffusion(nn.Module):
         self, timestep: torch.Tensor | int | float, batch: int, device
     ) -> torch.Tensor:
         """Time embedding as a (B, 1, n_emb) token, in the model's dtype."""
-        if not torch.is_tensor(timestep):
-            timestep = torch.tensor([timestep], dtype=torch.long, device=device)
-        elif timestep.dim() == 0:
-            timestep = timestep[None].to(device)
-        return self.time_tokens(timestep.expand(batch))
+        return self.time_tokens(_batch_timesteps(timestep, batch, device))
 
     def time_tokens(self, timesteps: torch.Tensor) -> torch.Tensor:
         """(N,) timesteps -> (N, 1, n_emb) tokens in the model's dtype."""
         return self.time_emb(timesteps).to(self.pos_emb.dtype).unsqueeze(1)
 
     def encode_condition(self, time_tok: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Condition tokens -> memory (B, T_cond, n_emb) for the decoder."""
-        tokens = time_tok
+        """Condition tokens [time, obs_1..obs_To] -> memory (B, T_cond, n_emb) for the decoder.
+
+        With the per-token (MLP) encoder ``time_tok`` may hold the time tokens of K steps
+        (B, K, n_emb), each at the time position; the memory is then the K encoded time tokens
+        followed by the encoded observation tokens (B, K + To, n_emb).
+        """
+        K = time_tok.shape[1]
+        if K > 1 and isinstance(self.encoder, LayerStack):
+            raise ValueError(f"got {K} time tokens; a transformer condition encoder mixes its "
+                             "tokens, so it encodes one step's time token (B, 1, n_emb) at a time")
+        tokens, pos = time_tok, self.cond_pos_emb[:, :1].expand(-1, K, -1)
         if self.cond_obs_emb is not None:
-            tokens = torch.cat([tokens, self.cond_obs_emb(cond)], dim=1)
-        x = self.drop(tokens + self.cond_pos_emb[:, : tokens.shape[1], :])
+            obs = self.cond_obs_emb(cond)
+            tokens = torch.cat([tokens.expand(obs.shape[0], -1, -1), obs], dim=1)
+            pos = torch.cat([pos, self.cond_pos_emb[:, 1 : 1 + obs.shape[1]]], dim=1)
+        x = self.drop(tokens + pos)
         if isinstance(self.encoder, LayerStack):
             for layer in self.encoder.layers:
                 x = layer(x)
@@ -291,6 +294,49 @@ class TransformerForDiffusion(nn.Module):
     def output(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.ln_f(x))
 
+    # -- the per-step interface: forward = prepare (one timestep) + step ---------------------
+    def prepare(self, cond: torch.Tensor | None, timesteps: torch.Tensor) -> DPTContext:
+        """What the denoising steps need besides the sample, computed once for all of them.
+
+        ``timesteps`` is (K,), shared by the batch, or (K, B), one per sample. Step k's memory
+        is :meth:`encode_condition` of [time_k, obs]: a per-token (MLP) encoder encodes each
+        distinct token once (the K time tokens beside the observation tokens), a transformer
+        encoder (which mixes them) the K memories as one batch; each decoder layer's
+        cross-attention keys/values of them are computed here, not at every step.
+        """
+        K = timesteps.shape[0]
+        time = self.time_tokens(timesteps.reshape(-1)).unflatten(0, (K, -1))  # (K, n, 1, E)
+        if self.encoder_only:
+            return DPTContext(time, [], self.mask, None)
+        if isinstance(self.encoder, LayerStack):
+            B = time.shape[1] if cond is None else cond.shape[0]
+            obs = None if cond is None else cond.expand(K, *cond.shape).flatten(0, 1)
+            memory = self.encode_condition(time.expand(K, B, -1, -1).flatten(0, 1), obs)
+            decoder = [(layer, *(t.unflatten(0, (K, B)) for t in layer.memory_kv(memory)))
+                       for layer in self.decoder.layers]
+        else:
+            memory = self.encode_condition(time.squeeze(2).transpose(0, 1), cond)
+            decoder = [(layer, *(_per_step(t, K) for t in layer.memory_kv(memory)))
+                       for layer in self.decoder.layers]
+        return DPTContext(time, decoder, self.mask, self.memory_mask)
+
+    def step(self, sample: torch.Tensor, k: int, context: DPTContext) -> torch.Tensor:
+        """One denoising step's network: the output for the k-th of the prepared timesteps."""
+        if self.encoder_only:
+            time_tok = context.time[k].expand(sample.shape[0], -1, -1)
+            tokens = torch.cat([time_tok, self.input_emb(sample)], dim=1)
+            x = self.drop(tokens + self.pos_emb[:, : tokens.shape[1], :])
+            for layer in self.encoder.layers:
+                x = layer(x, context.mask)
+            return self.output(x[:, 1:, :])
+        mask, memory_mask = context.mask, context.memory_mask
+        x = self.embed_input(sample)
+        for layer, keys, values in context.decoder:
+            x = x + layer.sa_branch(x, mask)
+            x = x + layer.ca_branch(x, None, memory_mask, (keys[k], values[k]))
+            x = x + layer.ffn_branch(x)
+        return self.output(x)
+
     def forward(
         self,
         sample: torch.Tensor,
@@ -298,15 +344,34 @@ class TransformerForDiffusion(nn.Module):
         cond: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        time_tok = self.timestep_tokens(timestep, sample.shape[0], sample.device)
-        if self.encoder_only:
-            tokens = torch.cat([time_tok, self.input_emb(sample)], dim=1)
-            x = self.drop(tokens + self.pos_emb[:, : tokens.shape[1], :])
-            for layer in self.encoder.layers:
-                x = layer(x, self.mask)
-            return self.output(x[:, 1:, :])
-        memory = self.encode_condition(time_tok, cond)
-        x = self.embed_input(sample)
-        for layer in self.decoder.layers:
-            x = layer(x, memory, self.mask, self.memory_mask)
-        return self.output(x)
+        t = _batch_timesteps(timestep, sample.shape[0], sample.device)
+        return self.step(sample, 0, self.prepare(cond, t[None]))
+
+
+class DPTContext(NamedTuple):
+    """:meth:`TransformerForDiffusion.prepare`'s result: time tokens (K, n, 1, n_emb) with n the
+    batch or 1; per decoder layer (the layer, the keys and the values of every step's memory,
+    each (K, B, heads, T_cond, head dim)), listed so that a step does no module lookups; the
+    self-attention and memory masks."""
+
+    time: torch.Tensor
+    decoder: list[tuple[DecoderLayer, torch.Tensor, torch.Tensor]]
+    mask: torch.Tensor | None
+    memory_mask: torch.Tensor | None
+
+
+def _batch_timesteps(timestep: torch.Tensor | int | float, batch: int, device) -> torch.Tensor:
+    """A scalar, 0-d or (B,) timestep -> (B,) timesteps."""
+    if not torch.is_tensor(timestep):
+        timestep = torch.tensor([timestep], dtype=torch.long, device=device)
+    elif timestep.dim() == 0:
+        timestep = timestep[None].to(device)
+    return timestep.expand(batch)
+
+
+def _per_step(x: torch.Tensor, K: int) -> torch.Tensor:
+    """Keys or values (B, H, K + S, d) of [time_1..time_K, shared tokens] -> (K, B, H, 1 + S, d):
+    step k's time token then the shared ones, contiguous, so that a step reads one tensor."""
+    shared = x[:, :, K:]
+    time = x[:, :, :K].permute(2, 0, 1, 3).unsqueeze(3)
+    return torch.cat([time, shared.expand(K, *shared.shape)], dim=3)

@@ -10,12 +10,15 @@ block ``i`` cross-attends to the language tokens when ``i`` is even and to the i
 odd, under ``lang_mask`` / ``img_mask`` respectively: RDT's (B, L) bool masks, True for a real
 token, so a padded batch of instructions gives each sample what it gives alone. Each block
 exposes its three residual branches (``sa_branch``, ``ca_branch``, ``ffn_branch``) for a block
-cache to drive; the model knows nothing about caching.
+cache to drive; the model knows nothing about caching. A sampler runs the head through its
+per-step interface, :meth:`RDTHead.prepare` once per observation and :meth:`RDTHead.step` per
+denoising step; ``forward`` is the two for one timestep.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -130,7 +133,8 @@ class CrossAttention(nn.Module):
 
 
 class RDTBlock(nn.Module):
-    """RMSNorm -> self-attention, RMSNorm -> cross-attention, RMSNorm -> MLP; each residual."""
+    """RMSNorm -> self-attention, RMSNorm -> cross-attention, RMSNorm -> MLP; each residual
+    (wired by :meth:`RDT.run_blocks`, which hands cross-attention precomputed keys/values)."""
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
@@ -152,12 +156,6 @@ class RDTBlock(nn.Module):
 
     def ffn_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.ffn(self.norm3(x))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.sa_branch(x)
-        x = x + self.ca_branch(x, c, mask=mask)
-        return x + self.ffn_branch(x)
 
 
 class FinalLayer(nn.Module):
@@ -198,14 +196,30 @@ class RDT(nn.Module):
         return lang_c + self.lang_cond_pos_embed[:, : lang_c.shape[1]], \
             img_c + self.img_cond_pos_embed
 
+    def block_conditions(self, lang: torch.Tensor, img: torch.Tensor,
+                         lang_mask: torch.Tensor | None = None,
+                         img_mask: torch.Tensor | None = None) -> list:
+        """Per block (the block, the cross-attention keys/values of its condition tokens —
+        language for even blocks, image for odd — and their token mask): per observation, not
+        per step."""
+        conds = ((lang, lang_mask), (img, img_mask))
+        return [(block, block.cross_attn.keys_values(conds[i % 2][0]), conds[i % 2][1])
+                for i, block in enumerate(self.blocks)]
+
+    def run_blocks(self, h: torch.Tensor, block_conditions: list) -> torch.Tensor:
+        """Blocks (as :meth:`block_conditions` lists them) and final layer over position-embedded
+        trunk tokens; the action outputs."""
+        for block, kv, mask in block_conditions:
+            h = h + block.sa_branch(h)
+            h = h + block.ca_branch(h, None, kv, mask)
+            h = h + block.ffn_branch(h)
+        return self.final_layer(h)[:, -self.horizon:]
+
     def trunk(self, h: torch.Tensor, lang: torch.Tensor, img: torch.Tensor,
               lang_mask: torch.Tensor | None = None,
               img_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Blocks and final layer over position-embedded trunk tokens; the action outputs."""
-        conds, masks = (lang, img), (lang_mask, img_mask)
-        for i, block in enumerate(self.blocks):
-            h = block(h, conds[i % 2], masks[i % 2])
-        return self.final_layer(h)[:, -self.horizon:]
+        """:meth:`run_blocks` under position-embedded condition tokens and their masks."""
+        return self.run_blocks(h, self.block_conditions(lang, img, lang_mask, img_mask))
 
     def forward(self, x: torch.Tensor, freq: torch.Tensor, t: torch.Tensor,
                 lang_c: torch.Tensor, img_c: torch.Tensor, lang_mask: torch.Tensor | None = None,
@@ -322,10 +336,33 @@ class RDTHead(nn.Module):
             cond, lang_mask, img_mask = cond[..., :E], keep[:, 2:-n_img], keep[:, -n_img:]
         return cond[:, :2], cond[:, 2:-n_img], cond[:, -n_img:], lang_mask, img_mask
 
+    # -- the per-step interface: forward = prepare (one timestep) + step ---------------------
+    def prepare(self, cond: torch.Tensor, timesteps: torch.Tensor) -> RDTContext:
+        """What the denoising steps need besides the sample, computed once for all of them: the
+        time tokens of every step, the frequency and state tokens, and each block's
+        cross-attention keys/values with the token mask of its condition (unpacked here from the
+        packed condition). ``timesteps``: (K,), shared by the batch, or (K, B), one per sample."""
+        head, lang, img, lang_mask, img_mask = self.split_condition(cond)
+        K, B = timesteps.shape[0], cond.shape[0]
+        time = self.model.t_embedder(timesteps.reshape(-1)).unflatten(0, (K, -1))[:, :, None]
+        return RDTContext(time.expand(-1, B, -1, -1), head,
+                          self.model.block_conditions(lang, img, lang_mask, img_mask))
+
+    def step(self, sample: torch.Tensor, k: int, context: RDTContext) -> torch.Tensor:
+        """One denoising step's network: the output for the k-th of the prepared timesteps."""
+        h = torch.cat([context.time[k], context.head, self.adapt_actions(sample)], dim=1)
+        return self.model.run_blocks(h + self.model.x_pos_embed, context.blocks)
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int | float,
                 cond: torch.Tensor) -> torch.Tensor:
-        B = sample.shape[0]
-        t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(B)
-        head, lang, img, lang_mask, img_mask = self.split_condition(cond)
-        h = torch.cat([self.model.t_embedder(t)[:, None], head, self.adapt_actions(sample)], 1)
-        return self.model.trunk(h + self.model.x_pos_embed, lang, img, lang_mask, img_mask)
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
+        return self.step(sample, 0, self.prepare(cond, t[None]))
+
+
+class RDTContext(NamedTuple):
+    """:meth:`RDTHead.prepare`'s result: time tokens (K, B, 1, hidden), the frequency and state
+    tokens (B, 2, hidden), and per block (the block, (keys, values), token mask or None)."""
+
+    time: torch.Tensor
+    head: torch.Tensor
+    blocks: list
