@@ -16,7 +16,7 @@ appear in the workspace's ``__dict__``.
 
 The policy tensors are those of the authors' policy classes: ``ModuleAttrMixin`` gives the policy
 and its ``LowdimMaskGenerator`` an empty ``_dummy_variable`` parameter; then ``model.*``
-(TransformerForDiffusion, here the reference implementation of test_dpt), ``obs_encoder.*`` for
+(TransformerForDiffusion, here the reference implementation in helpers.py), ``obs_encoder.*`` for
 the hybrid policy (robomimic's ObservationEncoder, here bac_ros's key-compatible one) and
 ``normalizer.params_dict.*``.
 """
@@ -30,8 +30,8 @@ from datetime import datetime
 
 import dill
 import torch
+from helpers import ReferenceDPT
 from omegaconf import OmegaConf
-from test_dpt import ReferenceDPT
 from torch import nn
 
 from bac_ros.models.normalizer import LinearNormalizer

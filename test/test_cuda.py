@@ -36,6 +36,7 @@ def test_cuda_graph_matches_eager_and_cpu():
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     torch.testing.assert_close(eager.sample(cond, (1, 16, 3), torch.Generator().manual_seed(2)
                                             ).cpu(), ref, rtol=1e-3, atol=1e-3)
+    # private: CudaGraphs has no public count of the graphs it has captured
     assert len(graphed.graphs._graphs) == 2  # one graph per plan
     other = graphed.sample(cond * 2, (1, 16, 3), torch.Generator().manual_seed(3), plan=plan)
     assert not torch.allclose(other, b)  # replay really reads the new inputs

@@ -1,85 +1,10 @@
 """DP-T against a reference on torch's own nn.Transformer* layers, built as Chi et al. do."""
 
-import math
-
 import pytest
 import torch
-from torch import nn
+from helpers import ReferenceDPT
 
 from bac_ros.models.dpt import TransformerForDiffusion
-
-
-class ReferenceDPT(nn.Module):
-    """The original architecture spec (DESIGN.md §3) on nn.TransformerEncoder/Decoder layers."""
-
-    def __init__(self, input_dim, output_dim, horizon, n_obs_steps, cond_dim, n_layer, n_head,
-                 n_emb, causal_attn, time_as_cond, n_cond_layers):
-        super().__init__()
-        obs_as_cond = cond_dim > 0
-        T = horizon + (0 if time_as_cond else 1)
-        T_cond = (1 if time_as_cond else 0) + (n_obs_steps if obs_as_cond else 0)
-        self._dummy_variable = nn.Parameter()
-        self.input_emb = nn.Linear(input_dim, n_emb)
-        self.pos_emb = nn.Parameter(torch.zeros(1, T, n_emb))
-        self.cond_obs_emb = nn.Linear(cond_dim, n_emb) if obs_as_cond else None
-        self.n_emb = n_emb
-        self.encoder_only = T_cond == 0
-
-        def enc_layer():
-            return nn.TransformerEncoderLayer(n_emb, n_head, 4 * n_emb, 0.0, "gelu",
-                                              batch_first=True, norm_first=True)
-
-        if not self.encoder_only:
-            self.cond_pos_emb = nn.Parameter(torch.zeros(1, T_cond, n_emb))
-            if n_cond_layers > 0:
-                self.encoder = nn.TransformerEncoder(enc_layer(), n_cond_layers,
-                                                     enable_nested_tensor=False)
-            else:
-                self.encoder = nn.Sequential(nn.Linear(n_emb, 4 * n_emb), nn.Mish(),
-                                             nn.Linear(4 * n_emb, n_emb))
-            dec = nn.TransformerDecoderLayer(n_emb, n_head, 4 * n_emb, 0.0, "gelu",
-                                             batch_first=True, norm_first=True)
-            self.decoder = nn.TransformerDecoder(dec, n_layer)
-        else:
-            self.encoder = nn.TransformerEncoder(enc_layer(), n_layer, enable_nested_tensor=False)
-        self.register_buffer("mask", None)
-        self.register_buffer("memory_mask", None)
-        if causal_attn:
-            mask = (torch.triu(torch.ones(T, T)) == 1).transpose(0, 1)
-            mask = mask.float().masked_fill(mask == 0, float("-inf")).masked_fill(mask == 1, 0.0)
-            self.register_buffer("mask", mask)
-            if time_as_cond and obs_as_cond:
-                t, s = torch.meshgrid(torch.arange(T), torch.arange(T_cond), indexing="ij")
-                mm = t >= (s - 1)
-                mm = mm.float().masked_fill(mm == 0, float("-inf")).masked_fill(mm == 1, 0.0)
-                self.register_buffer("memory_mask", mm)
-        self.ln_f = nn.LayerNorm(n_emb)
-        self.head = nn.Linear(n_emb, output_dim)
-
-    def time_emb(self, t):
-        half = self.n_emb // 2
-        e = torch.exp(torch.arange(half) * -(math.log(10000) / (half - 1)))
-        e = t[:, None] * e[None, :]
-        return torch.cat((e.sin(), e.cos()), dim=-1)
-
-    def forward(self, sample, timestep, cond=None):
-        t = torch.full((sample.shape[0],), timestep, dtype=torch.long)
-        time_emb = self.time_emb(t).unsqueeze(1)
-        input_emb = self.input_emb(sample)
-        if self.encoder_only:
-            x = torch.cat([time_emb, input_emb], 1)
-            x = x + self.pos_emb[:, : x.shape[1]]
-            x = self.encoder(src=x, mask=self.mask)[:, 1:]
-        else:
-            c = time_emb
-            if self.cond_obs_emb is not None:
-                c = torch.cat([c, self.cond_obs_emb(cond)], 1)
-            memory = self.encoder(c + self.cond_pos_emb[:, : c.shape[1]])
-            x = input_emb + self.pos_emb[:, : input_emb.shape[1]]
-            x = self.decoder(tgt=x, memory=memory, tgt_mask=self.mask,
-                             memory_mask=self.memory_mask)
-        return self.head(self.ln_f(x))
-
 
 VARIANTS = {
     "paper": dict(cond_dim=10, causal_attn=True, time_as_cond=True, n_cond_layers=0),

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL
 
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import new_checkpoint
@@ -14,9 +15,6 @@ from bac_ros.policy.fidelity import (
     step_rmse,
 )
 from bac_ros.policy.policy import Policy
-
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
 
 
 def test_energy_distance_is_near_zero_for_one_distribution_and_sees_a_lost_mode():

@@ -3,7 +3,8 @@
 Imports run one way — models -> cache -> policy -> sim -> train -> nodes / cli, with ``io``
 (ROS-free message and bag I/O) standing on its own — with no cycles; only ``nodes/`` imports
 rclpy or ROS message packages; ``cache/`` imports no model; tasks (``sim/``) import no training
-code. Every import counts, including the ones inside functions.
+code. Every import counts, including the ones inside functions. In test/, no test module imports
+another: shared fixtures live in conftest.py, shared helpers in helpers.py and ros_helpers.py.
 """
 
 import ast
@@ -12,6 +13,7 @@ from pathlib import Path
 import bac_ros
 
 ROOT = Path(bac_ros.__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent
 # What each package may import from bac_ros (besides itself).
 ALLOWED = {
     "models": set(),
@@ -103,3 +105,12 @@ def test_no_import_cycle_between_modules():
         if m not in state:
             visit(m, [m])
     assert not cycle, "\n".join(cycle)
+
+
+def test_no_test_module_imports_another():
+    files = sorted(TESTS.glob("*.py"))
+    assert Path(__file__).resolve() in files
+    wrong = [f"{path.name} imports {top}" for path in files
+             for top in sorted({name.split(".")[0] for name in _imports(path)})
+             if top.startswith("test_")]
+    assert not wrong, "\n".join(wrong)

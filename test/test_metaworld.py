@@ -65,6 +65,7 @@ def _project(env: MetaWorldEnv, point: np.ndarray, size: int) -> tuple[float, fl
 
     MuJoCo draws camera +y up and +x right; the env turns its frames by 180 degrees, so in
     them camera +y points down the rows and +x to the left."""
+    # private: MetaWorldEnv exposes no MuJoCo model/data, and the camera geometry needs both
     data, model = env._env.data, env._env.model
     cam = model.camera(env.config.camera).id
     rel = data.cam_xmat[cam].reshape(3, 3).T @ (point - data.cam_xpos[cam])
@@ -77,6 +78,7 @@ def test_camera_frame_shows_the_arm_upright():
     """The hand, painted magenta, appears in the frame where the camera model puts it in an
     upright frame (turned over it would sit ~10 px away), and world-up is image-up there."""
     env = MetaWorldEnv(DRAWER, render_images=True)
+    # private (here and below): MetaWorldEnv exposes no MuJoCo model/data to repaint or locate
     size, model = DRAWER.image_size, env._env.model
     hand = model.body("hand").id
 
@@ -128,10 +130,11 @@ def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
     import rclpy
     import yaml
     from ament_index_python.packages import get_package_share_directory
+    from helpers import SMALL
     from rclpy.parameter import Parameter
+    from ros_helpers import spin_until, start_policy_node, stop_policy_node
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
-    from test_nodes import SMALL, _spin, _start, _stop  # noqa: I001
     from trajectory_msgs.msg import JointTrajectory
 
     from bac_ros.nodes.sim_node import SimNode
@@ -155,7 +158,7 @@ def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
             Parameter("task", value="metaworld:drawer-open"), Parameter("mode", value="lockstep"),
             Parameter("episodes", value=1), Parameter("images", value=False),
             Parameter("n_action_steps", value=4), Parameter("max_steps", value=24)])
-        node, executor, thread = _start(params)
+        node, executor, thread = start_policy_node(params)
         probe = rclpy.create_node("mw_probe")
         joints, results, trajectories = [], [], []
         probe.create_subscription(JointState, "joint_states", joints.append, 50)
@@ -165,9 +168,9 @@ def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
         local.add_node(sim)
         local.add_node(probe)
         try:
-            assert _spin(local, lambda: sim.finished and results, timeout=180)
+            assert spin_until(local, lambda: sim.finished and results, timeout=180)
         finally:
-            _stop(node, executor, thread)
+            stop_policy_node(node, executor, thread)
             sim.destroy_node()
             probe.destroy_node()
     finally:

@@ -1,7 +1,6 @@
 """The ROS nodes with real rclpy over Fast DDS, bags through rosbags, and the launch files."""
 
 import ast
-import threading
 import time
 from pathlib import Path
 
@@ -11,9 +10,10 @@ import rclpy
 import torch
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
+from helpers import SMALL
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
+from ros_helpers import spin_until, start_policy_node, stop_policy_node
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
@@ -28,8 +28,6 @@ from bac_ros.policy.policy import Policy
 from bac_ros.sim.record import JOINT_NAMES, record_expert_bag
 
 pytestmark = pytest.mark.ros
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
 IMAGE_OBS = {"image": {"shape": [3, 32, 32], "type": "rgb"},
              "joints": {"shape": [3], "type": "low_dim"}}
 
@@ -45,13 +43,6 @@ def image_ckpt(tmp_path_factory):
     return save_native(ckpt, tmp_path_factory.mktemp("ckpt") / "image")
 
 
-@pytest.fixture
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 def _image(stamp, rng, size=48):
     data = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     msg = Image(height=size, width=size, encoding="rgb8", step=size * 3, data=data.tobytes())
@@ -59,36 +50,10 @@ def _image(stamp, rng, size=48):
     return msg
 
 
-def _spin(executor, until, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not until() and time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.05)
-    return until()
-
-
-def _start(node_overrides):
-    node = PolicyNode(parameter_overrides=[Parameter(k, value=v)
-                                           for k, v in node_overrides.items()])
-    assert node.trigger_configure() is not None and node.policy is not None
-    node.trigger_activate()
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    return node, executor, thread
-
-
-def _stop(node, executor, thread):
-    executor.shutdown()
-    thread.join(timeout=5)
-    node._teardown()
-    node.destroy_node()
-
-
 def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, tmp_path):
-    node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu",
-                                     "action_low": [-10.0], "action_high": [10.0],
-                                     "replan_steps": 1})
+    node, executor, thread = start_policy_node({"checkpoint": str(image_ckpt), "device": "cpu",
+                                                "action_low": [-10.0], "action_high": [10.0],
+                                                "replan_steps": 1})
     client = rclpy.create_node("test_client")
     chunks, trajs, diags = [], [], []
     client.create_subscription(DiagnosticArray, "/diagnostics", diags.append, 10)
@@ -101,7 +66,7 @@ def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, 
     rng = np.random.default_rng(0)
     sent = []
     try:
-        assert _spin(local, lambda: img_pub.get_subscription_count() > 0, 10)
+        assert spin_until(local, lambda: img_pub.get_subscription_count() > 0, 10)
         t0 = client.get_clock().now()
         for i in range(12):
             stamp = (t0 + rclpy.duration.Duration(seconds=0.1 * i)).to_msg()
@@ -111,13 +76,13 @@ def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, 
             js_pub.publish(js)
             img_pub.publish(_image(stamp, rng))
             sent.append(stamp.sec + stamp.nanosec * 1e-9)
-            _spin(local, lambda: False, timeout=0.1)
-        assert _spin(local, lambda: len(chunks) >= 3 and len(trajs) >= 3, 30)
-        assert _spin(local, lambda: any(
+            spin_until(local, lambda: False, timeout=0.1)
+        assert spin_until(local, lambda: len(chunks) >= 3 and len(trajs) >= 3, 30)
+        assert spin_until(local, lambda: any(
             dict((kv.key, kv.value) for kv in d.status[0].values).get("chunks", "0") != "0"
             for d in diags), 10)
     finally:
-        _stop(node, executor, thread)
+        stop_policy_node(node, executor, thread)
     for c in chunks:
         assert (c.horizon, c.action_dim) == (4, 3) and len(c.actions) == 12
         assert list(c.action_names) == ["joint1", "joint2", "joint3"]
@@ -145,7 +110,7 @@ def test_schedule_swap_by_parameter(ros, image_ckpt, tmp_path):
             "joints": rng.random((2, 3)).astype(np.float32)} for _ in range(4)]
     sched = policy.compile_schedule(policy.profile(obs), budget=3, top_k=2)
     path = sched.save(tmp_path / "s.yaml")
-    node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu"})
+    node, executor, thread = start_policy_node({"checkpoint": str(image_ckpt), "device": "cpu"})
     try:
         assert node.policy.schedule_id == ""
         ok = node.set_parameters([Parameter("schedule", value=str(path))])[0]
@@ -160,7 +125,7 @@ def test_schedule_swap_by_parameter(ros, image_ckpt, tmp_path):
         assert node.set_parameters([Parameter("schedule", value="")])[0].successful
         assert node.policy.plan is None
     finally:
-        _stop(node, executor, thread)
+        stop_policy_node(node, executor, thread)
 
 
 def test_configure_fails_cleanly_and_can_retry(ros, image_ckpt, tmp_path):
@@ -171,8 +136,7 @@ def test_configure_fails_cleanly_and_can_retry(ros, image_ckpt, tmp_path):
     node.set_parameters([Parameter("checkpoint", value=str(image_ckpt))])
     node.trigger_configure()
     assert node.policy is not None
-    node._teardown()
-    node.destroy_node()
+    node.destroy_node()  # tears down the policy, timers and publishers first
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
@@ -271,14 +235,14 @@ def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
                                        Parameter("episodes", value=1),
                                        Parameter("images", value=False),
                                        Parameter("n_action_steps", value=4)])
-    node, executor, thread = _start({"checkpoint": str(lowdim_ckpt), "device": "cpu",
-                                     "use_sim_time": True, "replan_steps": 1})
+    node, executor, thread = start_policy_node({"checkpoint": str(lowdim_ckpt), "device": "cpu",
+                                                "use_sim_time": True, "replan_steps": 1})
     local = rclpy.executors.SingleThreadedExecutor()
     local.add_node(sim)
     try:
-        assert _spin(local, lambda: sim.finished, timeout=120)
+        assert spin_until(local, lambda: sim.finished, timeout=120)
     finally:
-        _stop(node, executor, thread)
+        stop_policy_node(node, executor, thread)
         sim.destroy_node()
     result = sim.results[0]
     assert result["steps"] > 4 and result["seed"] == 100_000
@@ -306,11 +270,11 @@ def test_profiler_node_compiles_a_schedule_from_live_topics(ros, lowdim_ckpt, tm
     local.add_node(pub_node)
     rng = np.random.default_rng(0)
     try:
-        assert _spin(local, lambda: pub.get_subscription_count() > 0, 10)
+        assert spin_until(local, lambda: pub.get_subscription_count() > 0, 10)
         deadline = time.monotonic() + 30
         while not prof.done.is_set() and time.monotonic() < deadline:
             pub.publish(Float32MultiArray(data=rng.random(7).astype(np.float32).tolist()))
-            _spin(local, lambda: False, timeout=0.11)
+            spin_until(local, lambda: False, timeout=0.11)
         assert prof.done.is_set()
         prof.compile()
     finally:
@@ -335,8 +299,8 @@ def test_compressed_camera_input(ros, image_ckpt):
     with pytest.raises(MessageError, match="could not be decoded"):
         compressed_to_rgb(CompressedImage(format="jpeg", data=b"\x00" * 10))
 
-    node, executor, thread = _start({"checkpoint": str(image_ckpt), "device": "cpu",
-                                     "compressed_image": True, "replan_steps": 1})
+    node, executor, thread = start_policy_node({"checkpoint": str(image_ckpt), "device": "cpu",
+                                                "compressed_image": True, "replan_steps": 1})
     client = rclpy.create_node("compressed_client")
     chunks = []
     client.create_subscription(ActionChunk, "action_chunk", chunks.append, 10)
@@ -346,7 +310,7 @@ def test_compressed_camera_input(ros, image_ckpt):
     local = rclpy.executors.SingleThreadedExecutor()
     local.add_node(client)
     try:
-        assert _spin(local, lambda: img_pub.get_subscription_count() > 0, 10)
+        assert spin_until(local, lambda: img_pub.get_subscription_count() > 0, 10)
         t0 = client.get_clock().now()
         for i in range(6):
             stamp = (t0 + rclpy.duration.Duration(seconds=0.1 * i)).to_msg()
@@ -358,10 +322,10 @@ def test_compressed_camera_input(ros, image_ckpt):
                                   data=cv2.imencode(".jpg", frame)[1].tobytes())
             msg.header.stamp = stamp
             img_pub.publish(msg)
-            _spin(local, lambda: False, timeout=0.1)
-        assert _spin(local, lambda: len(chunks) >= 1, 30)
+            spin_until(local, lambda: False, timeout=0.1)
+        assert spin_until(local, lambda: len(chunks) >= 1, 30)
     finally:
-        _stop(node, executor, thread)
+        stop_policy_node(node, executor, thread)
     assert (chunks[0].horizon, chunks[0].action_dim) == (4, 3)
 
 

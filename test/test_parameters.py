@@ -17,9 +17,9 @@ import rclpy
 import torch
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from ros_helpers import JOINTS, Running, diag_values, to_sec
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
-from test_reliability import JOINTS, Running, _sec, _values, ckpt, ros, running  # noqa: F401
 
 from bac_ros.models.backbone import TinyBackbone
 from bac_ros.models.normalizer import LinearNormalizer
@@ -74,7 +74,7 @@ class Probe:
         return t
 
     def stamps(self, chunks) -> list[float]:
-        return [round(_sec(c.header.stamp), 6) for c in chunks]
+        return [round(to_sec(c.header.stamp), 6) for c in chunks]
 
     def chunk(self, tries: int = 3):
         """Send until a chunk answers the observation (a best-effort frame may be lost):
@@ -90,7 +90,7 @@ class Probe:
         raise AssertionError("no chunk answered the observation")
 
     def counter(self, key: str) -> int:
-        return int(_values(self.r.diags[-1])[key]) if self.r.diags else 0
+        return int(diag_values(self.r.diags[-1])[key]) if self.r.diags else 0
 
     def dropped(self, key: str, tries: int = 3) -> float:
         """Send until the /diagnostics counter ``key`` goes up; the observation's stamp."""
@@ -255,7 +255,7 @@ def check_max_obs_age(p: Probe) -> None:
 
 def check_max_chunk_age(p: Probe) -> None:
     # 0 (the default): 2 x max_obs_age, following max_obs_age's changes
-    assert p.r.spin(5, lambda: _values(p.r.diags[-1])["max_chunk_age"] == "10")
+    assert p.r.spin(5, lambda: diag_values(p.r.diags[-1])["max_chunk_age"] == "10")
     p.set(max_chunk_age=LAG / 2)  # fresh enough to start, too old to publish
     n = len(p.r.diags)
     late = p.dropped("late")
@@ -327,7 +327,7 @@ CHECKS = {
 }
 
 
-def test_every_parameter_takes_effect_at_run_time_or_is_refused(running, ckpt):  # noqa: F811
+def test_every_parameter_takes_effect_at_run_time_or_is_refused(running, ckpt):
     r = running({"checkpoint": str(ckpt), **BASE})
     r.wait_connected()
     declared = set(r.node.list_parameters([], 0).names)
@@ -339,7 +339,7 @@ def test_every_parameter_takes_effect_at_run_time_or_is_refused(running, ckpt): 
         check(p)
 
 
-def test_a_bad_value_is_refused_alike_at_configure_and_at_run_time(running, ckpt):  # noqa: F811
+def test_a_bad_value_is_refused_alike_at_configure_and_at_run_time(running, ckpt):
     """One validation function serves both: the sentences cannot drift apart."""
     r = running({"checkpoint": str(ckpt), "autostart": False, **BASE}, configure=False)
     node, at_configure = r.node, {}
@@ -393,7 +393,7 @@ def gated_vla(tmp_path_factory):
     return save_native(vla, tmp_path_factory.mktemp("gated") / "vla")
 
 
-def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_vla):  # noqa: F811
+def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_vla):
     """On sim time: the model stalls while the clock moves 10 s (ten times the derived bound
     2 x max_obs_age = 1 s); the finished chunk is dropped, counted and said in /diagnostics.
     Then the same model, no longer stalled, publishes; its instruction is live as well."""
@@ -413,12 +413,12 @@ def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_
 
     def counted(key: str, at_least: int) -> bool:
         clock.advance(0.05)  # sim time drives the 1 Hz diagnostics
-        return bool(r.diags) and int(_values(r.diags[-1])[key]) >= at_least
+        return bool(r.diags) and int(diag_values(r.diags[-1])[key]) >= at_least
 
     assert r.spin(30, lambda: counted("late", 1))
     said = [d.message for d in r.diags if "later than max_chunk_age=1.0 s" in d.message]
     assert said and float(re.search(r"ready ([0-9.]+) s after", said[0]).group(1)) >= 10.0
-    assert _values(r.diags[-1])["max_chunk_age"] == "1" and r.chunks == [] and r.trajs == []
+    assert diag_values(r.diags[-1])["max_chunk_age"] == "1" and r.chunks == [] and r.trajs == []
 
     _, trained, _ = p.chunk()  # the gate stays open: a fast model publishes normally
     p.set(instruction="open the drawer")
@@ -426,4 +426,4 @@ def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_
     p.set(instruction="")  # '' = the checkpoint's instruction again
     np.testing.assert_array_equal(p.chunk()[1], trained)
     assert r.spin(10, lambda: counted("chunks", 3))
-    assert _values(r.diags[-1])["late"] == "1"
+    assert diag_values(r.diags[-1])["late"] == "1"

@@ -500,15 +500,15 @@ def test_a_backbone_attaches_by_factory_name(vla_ckpt):
 def test_policy_node_serves_the_vla_and_follows_the_instruction_topic(vla_ckpt):
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
+    from ros_helpers import spin_until, start_policy_node, stop_policy_node
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
-    from test_nodes import _spin, _start, _stop
 
     from bac_ros.msg import ActionChunk
 
     rclpy.init()
-    node, executor, thread = _start({"checkpoint": str(vla_ckpt), "device": "cpu",
-                                     "instruction": "stack the cups", "replan_steps": 1})
+    node, executor, thread = start_policy_node({"checkpoint": str(vla_ckpt), "device": "cpu",
+                                                "instruction": "stack the cups", "replan_steps": 1})
     client = rclpy.create_node("vla_client")
     chunks = []
     client.create_subscription(ActionChunk, "action_chunk", chunks.append, 10)
@@ -520,8 +520,8 @@ def test_policy_node_serves_the_vla_and_follows_the_instruction_topic(vla_ckpt):
     rng = np.random.default_rng(0)
     try:
         assert node.policy.instruction == "stack the cups"  # the parameter beats the default
-        assert _spin(local, lambda: img_pub.get_subscription_count() > 0
-                     and text_pub.get_subscription_count() > 0, 10)
+        assert spin_until(local, lambda: img_pub.get_subscription_count() > 0
+                          and text_pub.get_subscription_count() > 0, 10)
         text_pub.publish(String(data="open the drawer"))
         t0 = client.get_clock().now()
         for i in range(6):
@@ -533,11 +533,11 @@ def test_policy_node_serves_the_vla_and_follows_the_instruction_topic(vla_ckpt):
             img = Image(height=16, width=16, encoding="rgb8", step=48, data=data.tobytes())
             img.header.stamp = stamp
             img_pub.publish(img)
-            _spin(local, lambda: False, timeout=0.1)
-        assert _spin(local, lambda: len(chunks) >= 2, 30)
-        assert _spin(local, lambda: node.policy.instruction == "open the drawer", 5)
+            spin_until(local, lambda: False, timeout=0.1)
+        assert spin_until(local, lambda: len(chunks) >= 2, 30)
+        assert spin_until(local, lambda: node.policy.instruction == "open the drawer", 5)
     finally:
-        _stop(node, executor, thread)
+        stop_policy_node(node, executor, thread)
         rclpy.try_shutdown()
     for c in chunks:
         assert (c.horizon, c.action_dim) == (4, 3) and len(c.actions) == 12

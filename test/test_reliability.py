@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -24,33 +23,22 @@ import pytest
 import rclpy
 import torch
 import yaml
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import SingleThreadedExecutor
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import qos_profile_sensor_data
+from ros_helpers import JOINTS, TALLY, Running, diag_values, to_sec
 from rosgraph_msgs.msg import Clock
 from safetensors.torch import load_file, save_file
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from trajectory_msgs.msg import JointTrajectory
 
 from bac_ros.cache.schedule import Schedule
 from bac_ros.io.bag import BagWriter
-from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.msg import ActionChunk
 from bac_ros.nodes.policy_node import PolicyNode
-from bac_ros.policy.build import new_checkpoint
-from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.policy import Policy
 from bac_ros.sim.record import record_expert_bag
 
 pytestmark = pytest.mark.ros
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
-JOINTS = ["joint1", "joint2", "joint3"]
-TALLY = {"messages_tried": 0, "malformed_messages_tried": 0, "chunks_received": 0,
-         "unsafe_actions_published": 0, "node_crashes": 0}
 
 
 class _Summary:
@@ -69,158 +57,6 @@ def tally(request):
     yield TALLY
     if os.environ.get("BAC_RELIABILITY_JSON"):
         Path(os.environ["BAC_RELIABILITY_JSON"]).write_text(json.dumps(TALLY, indent=2) + "\n")
-
-
-@pytest.fixture
-def ros():
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A small image policy (camera 3x32x32 + 3 joints -> 3 actions), random weights."""
-    torch.manual_seed(0)
-    norm = LinearNormalizer()
-    norm.fit_image_range("image")
-    norm.fit_limits("joints", torch.rand(64, 3) * 3 - 1)
-    norm.fit_limits("action", torch.rand(64, 3) * 3 - 1)
-    obs = {"image": {"shape": [3, 32, 32], "type": "rgb"},
-           "joints": {"shape": [3], "type": "low_dim"}}
-    c = new_checkpoint(obs, 3, norm, horizon=8, n_action_steps=4, model=SMALL,
-                       obs_encoder={"type": "small_cnn"}, num_inference_steps=10)
-    return save_native(c, tmp_path_factory.mktemp("ckpt") / "image")
-
-
-# -- harness ---------------------------------------------------------------------------------
-def _sec(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
-
-
-def _values(status: DiagnosticStatus) -> dict[str, str]:
-    return {kv.key: kv.value for kv in status.values}
-
-
-def _spin(executor, until, timeout):
-    deadline = time.monotonic() + timeout
-    while not until() and time.monotonic() < deadline:
-        executor.spin_once(timeout_sec=0.02)
-    return until()
-
-
-class Running:
-    """A PolicyNode spinning on its own executor thread, plus a client that talks to it and
-    checks every chunk and trajectory it publishes against the configured limits."""
-
-    def __init__(self, params: dict, namespace: str = "", configure: bool = True):
-        self.low = np.float32(params.get("action_low", [-math.inf])[0])
-        self.high = np.float32(params.get("action_high", [math.inf])[0])
-        self.node = PolicyNode(namespace=namespace, parameter_overrides=[
-            Parameter(k, value=v) for k, v in {"device": "cpu", **params}.items()])
-        if configure:
-            assert self.node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-            self.node.trigger_activate()
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-        ns = namespace.strip("/")
-        self.client = rclpy.create_node(f"client_{ns or 'root'}", namespace=namespace)
-        self.chunks, self.trajs, self.diags = [], [], []
-        self.unsafe = 0
-        self.client.create_subscription(ActionChunk, "action_chunk", self._on_chunk, 50)
-        self.client.create_subscription(JointTrajectory, "joint_trajectory", self._on_traj, 50)
-        self.client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
-        self.img = self.client.create_publisher(Image, "image", qos_profile_sensor_data)
-        self.jpeg = self.client.create_publisher(CompressedImage, "image/compressed",
-                                                 qos_profile_sensor_data)
-        self.js = self.client.create_publisher(JointState, "joint_states", 10)
-        self.local = SingleThreadedExecutor()
-        self.local.add_node(self.client)
-        self.rng = np.random.default_rng(0)
-
-    def _check(self, values) -> None:
-        a = np.asarray(values, dtype=np.float32)
-        if not (np.isfinite(a).all() and (a >= self.low).all() and (a <= self.high).all()):
-            self.unsafe += 1
-
-    def _on_chunk(self, msg) -> None:
-        self.chunks.append(msg)
-        self._check(msg.actions)
-
-    def _on_traj(self, msg) -> None:
-        self.trajs.append(msg)
-        for p in msg.points:
-            self._check(p.positions)
-
-    def _on_diag(self, msg) -> None:
-        ours = [s for s in msg.status if s.name == "bac_policy"]
-        if ours:
-            self.diags.append(ours[0])
-
-    def spin(self, seconds: float = 0.0, until=None) -> bool:
-        return _spin(self.local, until or (lambda: False), seconds)
-
-    def diag_with(self, text: str, timeout: float = 4.0) -> DiagnosticStatus | None:
-        """The first diagnostic from now on whose message contains ``text``."""
-        start = len(self.diags)
-        self.spin(timeout, lambda: any(text in d.message for d in self.diags[start:]))
-        return next((d for d in self.diags[start:] if text in d.message), None)
-
-    def good(self, stamp=None, joints=(0.1, 0.2, 0.3), jpeg: bool = False) -> None:
-        """One valid camera frame + joint state, stamped now (or ``stamp``)."""
-        stamp = stamp or self.client.get_clock().now().to_msg()
-        js = JointState(name=JOINTS, position=list(joints))
-        js.header.stamp = stamp
-        self.js.publish(js)
-        frame = self.rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-        if jpeg:
-            msg = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", frame)[1].tobytes())
-            msg.header.stamp = stamp
-            self.jpeg.publish(msg)
-        else:
-            msg = Image(height=40, width=40, encoding="rgb8", step=120, data=frame.tobytes())
-            msg.header.stamp = stamp
-            self.img.publish(msg)
-
-    def wait_connected(self) -> None:
-        pub = self.jpeg if self.node.params.get("compressed_image") else self.img
-        assert self.spin(10, lambda: pub.get_subscription_count() > 0 and
-                         self.js.get_subscription_count() > 0)
-
-    def stream(self, seconds: float, hz: float = 10.0, **kw) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.good(**kw)
-            self.spin(1.0 / hz)
-
-    def close(self) -> None:
-        """Stop; count a crash when the executor thread died, and tally what was received."""
-        alive = self.thread.is_alive()
-        TALLY["node_crashes"] += int(not alive)
-        TALLY["chunks_received"] += len(self.chunks)
-        TALLY["unsafe_actions_published"] += self.unsafe
-        self.executor.shutdown()
-        self.thread.join(timeout=5)
-        self.client.destroy_node()
-        self.node._teardown()
-        self.node.destroy_node()
-        assert alive, "the policy node's executor thread died"
-        assert self.unsafe == 0, f"{self.unsafe} unsafe chunks or trajectories were published"
-
-
-@pytest.fixture
-def running(ros):
-    started = []
-
-    def start(params, **kw):
-        started.append(Running(params, **kw))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.close()
 
 
 # -- bad messages ----------------------------------------------------------------------------
@@ -267,7 +103,7 @@ def test_bad_messages_are_rejected_and_the_last_good_state_kept(running, capfd, 
         r.spin(0.2)
 
     def answered():
-        return r.chunks and abs(_sec(r.chunks[-1].header.stamp) - _sec(stamp)) < 1e-6
+        return r.chunks and abs(to_sec(r.chunks[-1].header.stamp) - to_sec(stamp)) < 1e-6
 
     assert r.spin(5, answered)
     first = len(r.chunks) - 1
@@ -288,9 +124,9 @@ def test_bad_messages_are_rejected_and_the_last_good_state_kept(running, capfd, 
     logged = capfd.readouterr().err.count("rejected image message")
     assert 1 <= logged <= 1 + (time.monotonic() - t0) / 5, "rejections are logged, throttled"
     # the node still infers from the last good observation: every chunk answers its stamp
-    assert all(abs(_sec(c.header.stamp) - _sec(stamp)) < 1e-6 for c in r.chunks[first:])
+    assert all(abs(to_sec(c.header.stamp) - to_sec(stamp)) < 1e-6 for c in r.chunks[first:])
     # counted in the diagnostics (the best-effort camera topic may drop part of the burst)
-    assert r.spin(5, lambda: int(_values(r.diags[-1])["rejected_msgs"]) >= len(bad) + 5)
+    assert r.spin(5, lambda: int(diag_values(r.diags[-1])["rejected_msgs"]) >= len(bad) + 5)
 
 
 # -- staleness -------------------------------------------------------------------------------
@@ -304,7 +140,7 @@ def test_stale_observations_stop_chunks_until_fresh_data_returns(running, ckpt):
     n = len(r.chunks)
     d = r.diag_with("older than max_obs_age=0.3")
     assert d is not None and "image" in d.message and "joints" in d.message
-    values = _values(d)
+    values = diag_values(d)
     assert values["stale_inputs"] == "image,joints"
     # a delayed camera: frames keep coming, but stamped 1 s ago: still no chunk
     late = rclpy.duration.Duration(seconds=1.0)
@@ -340,7 +176,7 @@ def test_staleness_and_clock_jumps_under_sim_time(running, ckpt):
 
     run(2.0, send=True)
     assert r.spin(10, lambda: len(r.chunks) >= 3)
-    assert all(100.0 < _sec(c.header.stamp) <= sim[0] for c in r.chunks)
+    assert all(100.0 < to_sec(c.header.stamp) <= sim[0] for c in r.chunks)
     run(1.0, send=False)  # the inputs go stale on the sim clock
     n = len(r.chunks)
     run(2.0, send=False)
@@ -352,7 +188,7 @@ def test_staleness_and_clock_jumps_under_sim_time(running, ckpt):
     sim[0] = 10.0
     n = len(r.chunks)
     run(2.0, send=True)
-    assert r.spin(5, lambda: any(_sec(c.header.stamp) < 20 for c in r.chunks[n:]))
+    assert r.spin(5, lambda: any(to_sec(c.header.stamp) < 20 for c in r.chunks[n:]))
     assert any("clock jumped back" in d.message for d in r.diags)
 
 
@@ -366,7 +202,7 @@ def test_clip_keeps_every_published_action_inside_the_limits(running, ckpt):
     a = np.concatenate([np.asarray(c.actions) for c in r.chunks])
     assert a.min() >= np.float32(-0.05) and a.max() <= np.float32(0.05)
     assert np.isclose(np.abs(a), np.float32(0.05)).any()  # the model's output was clipped
-    assert r.spin(5, lambda: r.diags and int(_values(r.diags[-1])["clipped"]) >= 3)
+    assert r.spin(5, lambda: r.diags and int(diag_values(r.diags[-1])["clipped"]) >= 3)
     TALLY["messages_tried"] += 30
 
 
@@ -640,7 +476,7 @@ def test_fuzz_ten_thousand_malformed_messages(running, ckpt):
         good += 20
         assert r.spin(15, lambda r=r, n=n: len(r.chunks) > n), "the node stopped answering"
         assert r.thread.is_alive()
-    rejected = [int(_values(r.diags[-1])["rejected_msgs"])
+    rejected = [int(diag_values(r.diags[-1])["rejected_msgs"])
                 for r in (raw, jpeg)]
     TALLY["messages_tried"] += tried + good
     TALLY["malformed_messages_tried"] += tried

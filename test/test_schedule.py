@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import SMALL
 
 from bac_ros.cache.schedule import Schedule, ScheduleError, provenance
 from bac_ros.cli import main
@@ -16,9 +17,6 @@ from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.observations import load_observations, save_observations
 from bac_ros.policy.policy import Policy
 from bac_ros.sim.record import record_expert_bag
-
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
 
 
 def _policy_dir(tmp_path, seed=0, K=20, name="p"):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TINY
 
 from bac_ros.policy.checkpoint import load_native, save_native
 from bac_ros.policy.policy import Policy
 from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.sim.demos import generate_demos
 from bac_ros.train.train import TrainConfig, build_initial, train
-
-TINY = dict(n_layer=1, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0,
-            causal_attn=True, time_as_cond=True, n_cond_layers=0)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import SMALL
 
 from bac_ros.cache.schedule import Schedule
 from bac_ros.cli import main
@@ -17,8 +18,6 @@ from bac_ros.policy.observations import save_observations
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.tune import every_step_schedule, refine, tune
 
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
 SPACE = (("DDPMScheduler", (12,), (3, 6), ("per_block", "shared")),
          ("DDIMScheduler", (4,), (), ()))
 
