@@ -28,6 +28,16 @@ SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, cau
 TIMING = ("wall_s", "mean_latency_ms", "latency_ms")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """As each worker runs here (two on two cores); two threads of a tiny model on a shared
+    machine mostly wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A random-weight DP-T on the arm task: actions spread over the joint range, so episodes
@@ -182,7 +192,8 @@ def test_bac_eval_on_an_existing_cluster_matches_one_process(tiny, ray_pool, tmp
     assert main(args + ["--json", str(one)]) == 0
     out = subprocess.run([sys.executable, "-m", "bac_ros.cli", *args, "--json", str(many),
                           "--ray", address, "--cell-episodes", "2"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
     a, b = json.loads(one.read_text()), json.loads(many.read_text())
     assert _outcomes(a) == _outcomes(b) and _summary(a) == {

@@ -341,12 +341,14 @@ def check_job(job: Cell) -> None:
 
 
 def run_jobs(cluster: Cluster, jobs: Sequence[Cell], cell_episodes: int,
-             on_cell: Callable[[int, dict], None] | None = None
+             on_cell: Callable[[int, dict], None] | None = None,
+             on_job: Callable[[int, dict], None] | None = None,
              ) -> tuple[list[dict | None], list[str]]:
     """Every job (an unsplit cell) in cells of ``cell_episodes`` on ``cluster``.
 
     Returns each job's merged report (None where a cell failed) and one sentence per failed
-    cell; ``on_cell(job_index, cell_report)`` runs as each cell finishes (to save progress)."""
+    cell. To save progress as it comes, ``on_cell(job_index, cell_report)`` runs as each cell
+    finishes and ``on_job(job_index, merged_report)`` as each job's last cell does."""
     for job in jobs:
         check_job(job)
     methods: dict[str, set] = {}
@@ -354,19 +356,19 @@ def run_jobs(cluster: Cluster, jobs: Sequence[Cell], cell_episodes: int,
         methods.setdefault(job.checkpoint, set()).add(job.method)
     refs = {ckpt: cluster.put(bundle(ckpt, ms)) for ckpt, ms in methods.items()}
     cells = [(j, c) for j, job in enumerate(jobs) for c in split(job, cell_episodes)]
+    n_cells = [sum(1 for j2, _ in cells if j2 == j) for j in range(len(jobs))]
     done: dict[int, list[dict]] = {j: [] for j in range(len(jobs))}
+    merged: list[dict | None] = [None] * len(jobs)
 
     def on_result(i: int, report: dict) -> None:
         j = cells[i][0]
         done[j].append(report)
         if on_cell is not None:
             on_cell(j, report)
+        if len(done[j]) == n_cells[j]:
+            merged[j] = merge(done[j], fixed_latency=jobs[j].mode == "realtime")
+            if on_job is not None:
+                on_job(j, merged[j])
 
     failed = cluster.map(run_cell, [(c, refs[c.checkpoint]) for _, c in cells], on_result)
-    sentences = [f"{cells[i][1].name} failed: {why}" for i, why in failed]
-    bad = {cells[i][0] for i, _ in failed}
-    n_cells = [sum(1 for j2, _ in cells if j2 == j) for j in range(len(jobs))]
-    merged = [None if j in bad or len(done[j]) < n_cells[j]
-              else merge(done[j], fixed_latency=jobs[j].mode == "realtime")
-              for j in range(len(jobs))]
-    return merged, sentences
+    return merged, [f"{cells[i][1].name} failed: {why}" for i, why in failed]
