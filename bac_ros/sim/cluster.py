@@ -185,11 +185,11 @@ def _import_ray():
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` (or ``ray://HOST:PORT``) split; None for ``auto`` (the local cluster)."""
+    """``HOST:PORT`` split; None for ``auto`` (the cluster `ray start` began on this node)."""
     if address == "auto":
         return None
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "/" in address:
         raise ValueError(f"Ray address {address!r} is not HOST:PORT (or auto); `ray start "
                          "--head` prints the address to use")
     return host, int(port)
@@ -232,7 +232,8 @@ class Cluster:
         if workers is not None and not 1 <= workers <= cores:
             raise ValueError(f"--workers {workers}: this machine has {cores} CPU cores, and "
                              f"each worker needs at least one torch thread (1..{cores})")
-        self._host_port = None if address is None else _host_port(address)
+        if address is not None:  # fail now, not after the driver's own measurements
+            _check_reachable(address, _host_port(address))
         self.workers, self.address, self.device = workers, address, device
         self.max_retries = max_retries
         self.threads = cores // workers if workers else 1
@@ -254,11 +255,10 @@ class Cluster:
                 ray.init(num_cpus=self.workers * self.threads, num_gpus=ngpu,
                          _node_ip_address="127.0.0.1", **quiet)
             else:
-                _check_reachable(self.address, self._host_port)
                 ray.init(address=self.address, **quiet)
-        except ConnectionError as err:
-            raise ClusterError(f"cannot connect to the Ray cluster at {self.address}: "
-                               f"{str(err).splitlines()[0]}") from None
+        except (ConnectionError, RuntimeError) as err:  # RuntimeError: another Ray version
+            raise ClusterError(f"cannot connect to the Ray cluster {self._where()}: "
+                               f"{str(err).strip().splitlines()[0]}") from None
         self._started = True
         res = ray.cluster_resources()
         gpus = res.get("GPU", 0.0)
