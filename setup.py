@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "rosbags",
     ],
-    extras_require={"import": ["dill", "omegaconf"]},
+    # ray: `bac eval` and `make bench` cells on Ray workers (--workers N, --ray ADDRESS).
+    extras_require={"import": ["dill", "omegaconf"], "ray": ["ray>=2.60"]},
     entry_points={"console_scripts": ["bac = bac_ros.cli:main"]},
 )

@@ -7,6 +7,7 @@
     bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
     bac train --variant lowdim --out DIR
     bac eval --checkpoint DIR --method bac:FILE --mode lockstep --episodes 200 --json OUT
+                                     [--workers N | --ray ADDRESS]
     bac tune --checkpoint DIR --bag BAG --speedup 5 --out TUNED.yaml
 """
 
@@ -266,26 +267,90 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-    import json
+    from bac_ros.sim import cluster
+
+    job = cluster.Cell(str(args.checkpoint), args.method, args.mode, args.seed, args.episodes,
+                       args.latency_ms, args.device)
+    if args.workers is None and args.ray is None:
+        if args.cell_episodes is not None:
+            raise ValueError("--cell-episodes splits the episodes between Ray workers; give "
+                             "--workers N or --ray ADDRESS too")
+        from tqdm import tqdm
+
+        with tqdm(total=args.episodes, desc=f"{args.method} {args.mode}", unit="ep",
+                  file=sys.stderr) as bar:
+            report = cluster.run_cell(job, progress=bar.update)
+        report["success_source"] = "local, one process"
+        return _eval_report(args, report)
+    try:
+        return _eval_cluster(args, job)
+    except cluster.ClusterError as e:
+        print(f"bac eval: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _eval_cluster(args, job) -> int:
+    """The episodes in cells on Ray workers; latency measured here first, in one process."""
+    from dataclasses import replace
 
     from tqdm import tqdm
 
     from bac_ros.policy.policy import Policy
-    from bac_ros.sim.evaluate import evaluate
+    from bac_ros.sim import cluster
+    from bac_ros.sim.evaluate import apply_method, evaluate
 
+    cluster.check_job(job)
+    pool = cluster.Cluster(args.workers, args.ray, args.device)
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
-    with tqdm(total=args.episodes, desc=f"{args.method} {args.mode}", unit="ep",
-              file=sys.stderr) as bar:
-        report = evaluate(policy, args.method, args.episodes, args.seed, args.mode,
-                          progress=bar.update, latency_ms=args.latency_ms)
+    if args.mode == "lockstep":  # also checks the method here before any worker starts
+        job = replace(job, latency_ms=evaluate(policy, args.method, 1, args.seed,
+                                               "lockstep")["mean_latency_ms"])
+    else:
+        apply_method(policy, args.method)
+    cells: list[dict] = []
+    with pool, \
+            tqdm(total=args.episodes, desc=f"{args.method} {args.mode}", unit="ep",
+                 file=sys.stderr) as bar:
+        def on_cell(_, report: dict) -> None:  # the measured episodes survive any later failure
+            cells.append(report)
+            bar.update(report["episodes"])
+            _write_json(args, {**cluster.merge(cells, args.mode == "realtime"),
+                               "success_source": pool.source, "complete": False})
+
+        (report,), failures = cluster.run_jobs(pool, [job], args.cell_episodes or 25, on_cell)
+        source = pool.source
+    if failures:
+        if cells:
+            _write_json(args, {**cluster.merge(cells, args.mode == "realtime"),
+                               "success_source": source, "complete": False,
+                               "failed": failures})
+        for line in failures:
+            print(f"bac eval: error: {line}", file=sys.stderr)
+        kept = f"; the {sum(c['episodes'] for c in cells)} measured episodes are in {args.json}"
+        print(f"bac eval: {len(failures)} of the cells failed" + (kept if args.json else ""),
+              file=sys.stderr)
+        return 1
+    report["success_source"] = source
+    return _eval_report(args, report)
+
+
+def _write_json(args, report: dict) -> None:
+    import json
+
+    if args.json:
+        report = {**report, "checkpoint": str(args.checkpoint),
+                  "latency_source": ("given (--latency-ms)" if args.latency_ms is not None
+                                     else "local, one process")}
+        _output(Path(args.json)).write_text(json.dumps(report, indent=1))
+
+
+def _eval_report(args, report: dict) -> int:
     lo, hi = report["ci95"]
     print(f"{args.method} ({args.mode}, {args.episodes} episodes from seed {args.seed}): "
           f"success {report['success_rate']:.1%} [95% CI {lo:.1%}-{hi:.1%}], "
           f"collisions {report['collision_rate']:.1%}, latency {report['mean_latency_ms']:.1f} ms,"
           f" FLOP ratio {report['flop_ratio']:.2f}x")
-    if args.json:
-        report["checkpoint"] = str(args.checkpoint)
-        _output(args.json).write_text(json.dumps(report, indent=1))
+    _write_json(args, {**report, "complete": True})
     return 0
 
 
@@ -386,7 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--latency-ms", type=float,
                    help="realtime mode: assume this fixed latency instead of timing each chunk")
-    p.add_argument("--json", type=Path, help="write the full report here")
+    p.add_argument("--json", type=Path, help="write the full report here (with --workers or "
+                   "--ray: rewritten as each cell of episodes finishes)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="split the episodes between N local Ray workers (needs bac_ros[ray])")
+    where.add_argument("--ray", metavar="ADDRESS",
+                       help="split the episodes over the Ray cluster at ADDRESS (HOST:PORT)")
+    p.add_argument("--cell-episodes", type=int, metavar="N",
+                   help="episodes per Ray task (default 25)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("tune", help="best-fidelity sampler + schedule inside a latency budget")

@@ -128,7 +128,11 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
         node.destroy_node()
         rclpy.try_shutdown()
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # inside a long inference: never leave it running
+            proc.kill()
+            proc.wait()
     return {"checkpoint": str(checkpoint), "schedule": schedule or "full", "chunks": chunks,
             "frames_resent": resent,
             "node_overhead_ms_median": float(diagnostics["overhead_ms_median"]),

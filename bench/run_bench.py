@@ -1,6 +1,7 @@
 """`make bench`: every sampling method side by side, in one run on this machine.
 
     python bench/run_bench.py [--quick] [--device auto] [--episodes 200]
+                              [--workers N | --ray ADDRESS]
 
 Writes docs/BENCHMARKS.md, docs/bench.json and docs/plots/bench/*.png from scratch (on CUDA:
 docs/BENCHMARKS_<card>.md and docs/bench_<card>.json). For each bundled checkpoint:
@@ -21,6 +22,11 @@ docs/BENCHMARKS_<card>.md and docs/bench_<card>.json). For each bundled checkpoi
 
 ``--quick`` runs a subset of methods with few episodes (development; under 10 minutes) and
 writes into out/ instead of docs/.
+
+``--workers N`` / ``--ray ADDRESS`` run the closed-loop episodes (checkpoint x method x mode x
+seed range, see bac_ros.sim.cluster) on Ray workers, after every latency column has been
+measured here, in this one process, methods side by side; node overhead is measured after the
+workers are done. The same seeds give the same episodes, hence the same tables (docs/CLUSTER.md).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import torch  # noqa: E402
 from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
 from bac_ros.policy.policy import Policy  # noqa: E402
 from bac_ros.policy.timing import time_interleaved  # noqa: E402
+from bac_ros.sim import cluster  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
 from bac_ros.train.dataset import observation_windows  # noqa: E402
@@ -271,7 +278,13 @@ def plot_errors(model: str, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
+SUCCESS_KEYS = ("success_rate", "ci95", "collision_rate", "wall_s")
+LATENCY_SOURCE = "local, one process, methods side by side"
+
+
+def measure_model(ckpt: Path, args, log) -> tuple[dict, Policy, list]:
+    """Everything but success, in this process: schedules, latency, action error, fidelity.
+    Returns the section (rows without success), the policy and its success jobs."""
     policy = Policy.from_pretrained(ckpt, device=args.device)
     data = task_demos(task_of(policy), args.demos, seed=0, images=policy.reads_images)
     keys, To = list(policy.obs_spec), policy.n_obs_steps
@@ -285,7 +298,7 @@ def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
     fid = fidelity_scores(policy, methods, error_obs[: args.fidelity_obs], args.fidelity_samples)
     log(f"{ckpt.name}: latency, action error and fidelity measured")
     full_ms = float(np.median(times["full (DDPM-100)"])) * 1e3
-    rows = []
+    rows, jobs = [], []
     for name, (family, method) in methods.items():
         apply_method(policy, method)
         med = float(np.median(times[name])) * 1e3
@@ -298,18 +311,65 @@ def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
                "fidelity_energy": fid[name]["energy"],
                "fidelity_energy_sem": fid[name]["energy_sem"],
                "step_rmse": errors[name]["step_rmse"]}
-        for mode in ("lockstep", "realtime"):
-            if mode == "realtime" and med < policy.dt * 1e3:  # on time: same run as lockstep
-                row["success_realtime"] = dict(row["success_lockstep"], same_as_lockstep=True)
-                continue
-            r = evaluate(policy, method, args.episodes, args.seed, mode,
-                         latency_ms=med if mode == "realtime" else None)
-            row[f"success_{mode}"] = {k: r[k] for k in ("success_rate", "ci95",
-                                                         "collision_rate", "wall_s")}
         rows.append(row)
-        log(f"  {name:<20} {med:7.1f} ms {row['speedup']:5.2f}x  lockstep "
+        on_time = med < policy.dt * 1e3  # its real-time run is its lockstep run
+        for mode in ("lockstep",) if on_time else ("lockstep", "realtime"):
+            # lockstep reports the side-by-side median; real time waits it out
+            jobs.append((row, on_time, cluster.Cell(str(ckpt), method, mode, args.seed,
+                                                    args.episodes, med, args.device)))
+    res = {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy),
+           "cost": cost, "rows": rows}
+    return res, policy, jobs
+
+
+def record_success(row: dict, on_time: bool, report: dict, log) -> None:
+    entry = {k: report[k] for k in SUCCESS_KEYS}
+    row[f"success_{report['mode']}"] = entry
+    if on_time:
+        row["success_realtime"] = dict(entry, same_as_lockstep=True)
+    if "success_lockstep" in row and "success_realtime" in row:
+        log(f"  {row['name']:<20} {row['median_ms']:7.1f} ms {row['speedup']:5.2f}x  lockstep "
             f"{row['success_lockstep']['success_rate']:.1%}  realtime "
             f"{row['success_realtime']['success_rate']:.1%}  mse {row['action_mse']:.2e}")
+
+
+def success_here(policy: Policy, jobs: list, log) -> None:
+    """Closed-loop success of every job in this process, one evaluate() call each."""
+    for row, on_time, job in jobs:
+        latency = job.latency_ms if job.mode == "realtime" else None  # lockstep times batch 1
+        record_success(row, on_time, evaluate(policy, job.method, job.episodes, job.seed,
+                                              job.mode, latency_ms=latency), log)
+
+
+def success_on(pool: cluster.Cluster, jobs: list, args, log, save) -> None:
+    """Every job's cells on the Ray workers; each row is saved as soon as it is complete."""
+    n_cells = sum(len(cluster.split(job, args.cell_episodes)) for *_, job in jobs)
+    log(f"success: {len(jobs)} evaluations in {n_cells} cells on {pool.source}")
+    counted = [0]
+
+    def on_cell(j: int, report: dict) -> None:
+        counted[0] += 1
+        if counted[0] % max(1, n_cells // 20) == 0:
+            log(f"  {counted[0]}/{n_cells} cells")
+
+    def on_job(j: int, report: dict) -> None:
+        row, on_time, _ = jobs[j]
+        record_success(row, on_time, report, log)
+        save()
+
+    _, failures = cluster.run_jobs(pool, [job for *_, job in jobs], args.cell_episodes,
+                                   on_cell, on_job)
+    if failures:
+        for line in failures:
+            log(f"  {line}")
+        raise SystemExit(f"run_bench: {len(failures)} of {n_cells} evaluation cells failed (first: "
+                         f"{failures[0]}); the rows measured so far are in "
+                         "out/bench/partial.json")
+
+
+def finish_model(res: dict, policy: Policy, ckpt: Path, args, plots: Path, log) -> None:
+    """Node overhead (a latency: measured here, with no cell running), plots, validation."""
+    rows = res["rows"]
     bac10 = next(r for r in rows if r["name"] == "BAC S=10 k=5")
     overhead = None
     if policy.device.type == "cpu" or args.node_on_cuda:
@@ -320,8 +380,8 @@ def bench_model(ckpt: Path, args, plots: Path, log) -> dict:
             overhead = {"error": str(err)}
     plot_frontier(ckpt.name, rows, plots / f"{ckpt.name}_frontier.png")
     plot_errors(ckpt.name, rows, plots / f"{ckpt.name}_action_error.png")
-    return {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy),
-            "cost": cost, "rows": rows, "node_overhead": overhead, "validation": validation(rows)}
+    res["node_overhead"] = overhead
+    res["validation"] = validation(rows)
 
 
 def _pct(r: dict) -> str:
@@ -329,12 +389,18 @@ def _pct(r: dict) -> str:
     return f"{r['success_rate']:.1%} [{lo:.1%}, {hi:.1%}]"
 
 
+def _sources(run: dict) -> str:
+    """Where the latency and the success columns came from (runs before Ray: one process)."""
+    return (f"Latency columns: {run.get('latency_source', LATENCY_SOURCE)}; success columns: "
+            f"{run.get('success_source', 'local, one process')}.")
+
+
 def report(results: list[dict], args, meta: dict, out: Path, plots: Path) -> str:
     runs = {json.dumps(res.get("run", meta), sort_keys=True) for res in results}
     if len(runs) <= 1:
         origin = (f"Generated by `{meta['command']}` in {meta['wall_min']:.1f} min on "
-                  f"{meta['device']} ({meta['date']}, commit `{meta['commit']}`). Everything "
-                  "below comes from that one run; ")
+                  f"{meta['device']} ({meta['date']}, commit `{meta['commit']}`). "
+                  f"{_sources(meta)} Everything below comes from that one run; ")
     else:
         origin = ("Each checkpoint's section was measured in one run of `make bench`, named at "
                   "the top of the section (`--keep` carried the others over); ")
@@ -363,7 +429,7 @@ def report(results: list[dict], args, meta: dict, out: Path, plots: Path) -> str
         if len(runs) > 1:
             r = res.get("run", meta)
             lines += [f"Measured by `{r['command']}` in {r['wall_min']:.1f} min on {r['device']} "
-                      f"({r['date']}, commit `{r['commit']}`).", ""]
+                      f"({r['date']}, commit `{r['commit']}`). {_sources(r)}", ""]
         lines += [
             "| method | median ms | p95 ms | speedup | FLOP ratio | achieved/theory | "
             "action MSE | max abs | energy dist. | lockstep success | real-time success |",
@@ -439,6 +505,13 @@ def main(argv=None) -> int:
                          "are carried over (each keeps the run that measured it)")
     ap.add_argument("--from-json", type=Path,
                     help="re-render the report and plots from a bench json, measuring nothing")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="closed-loop success on N local Ray workers (latency stays here)")
+    where.add_argument("--ray", metavar="ADDRESS",
+                       help="closed-loop success on the Ray cluster at ADDRESS (HOST:PORT)")
+    ap.add_argument("--cell-episodes", type=int, metavar="N",
+                    help="episodes per Ray task (default 25)")
     args = ap.parse_args(argv)
     args.episodes = args.episodes or (20 if args.quick else 200)
     args.repeats = args.repeats or (5 if args.quick else 20)
@@ -470,24 +543,59 @@ def main(argv=None) -> int:
         out.write_text(report(saved["results"], args, saved["meta"], out, plots) + "\n")
         log(f"re-rendered {out} from {args.from_json}")
         return 0
-    results = []
-    for c in ckpts:
-        results.append(bench_model(Path(c).resolve(), args, plots, log))
-        partial = ROOT / "out" / "bench" / "partial.json"  # survives a crash in the report
+    try:
+        pool = (cluster.Cluster(args.workers, args.ray, args.device)
+                if args.workers is not None or args.ray is not None else None)
+    except (ValueError, cluster.ClusterError) as err:
+        raise SystemExit(f"run_bench: {err}") from None
+    if pool is None and args.cell_episodes is not None:
+        raise SystemExit("run_bench: --cell-episodes splits the episodes between Ray workers; give "
+                         "--workers N or --ray ADDRESS too")
+    args.cell_episodes = args.cell_episodes or 25
+    results, staged = [], []
+
+    def save():  # survives a crash in the report, and a failed cell
+        partial = ROOT / "out" / "bench" / "partial.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps({"results": results, "args": vars(args)}, indent=1,
                                       default=str))
+
+    for c in ckpts:
+        ckpt = Path(c).resolve()
+        res, policy, jobs = measure_model(ckpt, args, log)
+        results.append(res)
+        if pool is None:
+            success_here(policy, jobs, log)
+            finish_model(res, policy, ckpt, args, plots, log)
+        else:
+            staged.append((res, policy, ckpt, jobs))
+        save()
+    if pool is not None:  # latency is measured: now the workers may load the machine
+        try:
+            with pool:
+                success_on(pool, [j for *_, jobs in staged for j in jobs], args, log, save)
+        except cluster.ClusterError as err:
+            raise SystemExit(f"run_bench: {err}; the rows measured so far are in "
+                             "out/bench/partial.json") from None
+        for res, policy, ckpt, _ in staged:
+            finish_model(res, policy, ckpt, args, plots, log)
+        save()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                             capture_output=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            text=True, capture_output=True).stdout.strip()
     flags = (["--quick"] if args.quick else []) + (
         ["--checkpoints", *map(str, args.checkpoints)] if args.checkpoints else []) + (
-        ["--keep", str(args.keep)] if args.keep else [])
+        ["--keep", str(args.keep)] if args.keep else []) + (
+        ["--workers", str(args.workers)] if args.workers else []) + (
+        ["--ray", args.ray] if args.ray else [])
     meta = {"command": "make bench" + (f" BENCH_ARGS='{' '.join(flags)}'" if flags else ""),
             "device": results[0]["device"] if results else str(device),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit + ("+local changes" if dirty else ""),
-            "wall_min": (time.perf_counter() - t0) / 60}
+            "wall_min": (time.perf_counter() - t0) / 60,
+            "latency_source": LATENCY_SOURCE,
+            "success_source": pool.source if pool else "local, one process"}
     for res in results:
         res["run"] = meta
     if args.keep:

@@ -33,6 +33,16 @@ if _SDPA_CPU.default not in flop_registry and _SDPA_CPU not in flop_registry:
         return 4 * b * h * tq * key[-2] * d
 
 
+Generators = torch.Generator | list[torch.Generator] | None
+"""One generator for the batch, or one per batch row (diffusers' convention)."""
+
+
+def _check_rows(shape: tuple[int, ...], generators) -> None:
+    if len(generators) != shape[0]:
+        raise ValueError(f"got {len(generators)} generators for a batch of {shape[0]}; "
+                         "expected one per row")
+
+
 class DenoisingEngine:
     """Samples ``x_0`` for a batch of conditions with a diffusers scheduler and a block plan.
 
@@ -79,10 +89,21 @@ class DenoisingEngine:
         return next(self.model.parameters()).device
 
     def draw_noise(
-        self, shape: tuple[int, ...], generator: torch.Generator | None
+        self, shape: tuple[int, ...], generator: Generators
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Initial sample and per-step noise, drawn in the order diffusers' DDPM loop draws them
-        (initial, then one draw after every step but the last), on CPU for reproducibility."""
+        (initial, then one draw after every step but the last), on CPU for reproducibility.
+
+        A list holds one generator per batch row, and each row draws from its own exactly as a
+        batch of one would: a row's noise does not depend on which rows share its batch.
+        """
+        if isinstance(generator, (list, tuple)):
+            _check_rows(shape, generator)
+            rows = [self.draw_noise((1, *shape[1:]), g) for g in generator]
+            x = torch.cat([r[0] for r in rows])
+            if rows[0][1] is None:
+                return x, None
+            return x, [torch.cat(step) for step in zip(*(r[1] for r in rows))]
         x = torch.randn(shape, generator=generator)
         stochastic = self.table.stochastic if self.table is not None else False
         steps = [torch.randn(shape, generator=generator) for _ in range(self.num_steps - 1)]
@@ -93,7 +114,7 @@ class DenoisingEngine:
         self,
         cond: torch.Tensor | None,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         plan: np.ndarray | None = None,
         recorder: Recorder | None = None,
         condition_data: torch.Tensor | None = None,
@@ -114,6 +135,10 @@ class DenoisingEngine:
         if fast_step:
             x, noise = self.draw_noise(shape, generator)
             noise = None if noise is None else torch.stack(noise).to(device, dtype)
+        elif isinstance(generator, (list, tuple)):
+            _check_rows(shape, generator)
+            x = torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generator])
+            noise = None
         else:
             x, noise = torch.randn(shape, generator=generator), None
         x = x.to(device, dtype)

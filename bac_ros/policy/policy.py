@@ -20,7 +20,7 @@ import torch
 
 from bac_ros.cache.blocks import checked_plan
 from bac_ros.cache.compile import compile_schedule
-from bac_ros.cache.engine import DenoisingEngine, plan_flops
+from bac_ros.cache.engine import DenoisingEngine, Generators, plan_flops
 from bac_ros.cache.plans import uniform_plan
 from bac_ros.cache.profile import ProfileResult, profile
 from bac_ros.cache.schedule import Schedule, ScheduleError, model_fingerprint
@@ -319,9 +319,11 @@ class Policy:
         return self.engine.sample(None, data.shape, generator, plan, recorder, data, mask)
 
     def predict_horizon(self, obs: Mapping[str, np.ndarray], seed: int | None = None,
-                        generator: torch.Generator | None = None,
+                        generator: Generators = None,
                         batched: bool = False) -> np.ndarray:
-        """All ``horizon`` predicted actions, unnormalised: (horizon, Da) or (B, horizon, Da)."""
+        """All ``horizon`` predicted actions, unnormalised: (horizon, Da) or (B, horizon, Da).
+
+        ``generator`` may be a list with one generator per batch row (see ``draw_noise``)."""
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         feats = self.conditions(obs, batched)
@@ -332,7 +334,7 @@ class Policy:
         return out if batched else out[0]
 
     def predict(self, obs: Mapping[str, np.ndarray], seed: int | None = None,
-                generator: torch.Generator | None = None, batched: bool = False) -> np.ndarray:
+                generator: Generators = None, batched: bool = False) -> np.ndarray:
         """The executable chunk: (n_action_steps, action_dim), or with a leading batch axis."""
         pred = self.predict_horizon(obs, seed, generator, batched)
         s = self.action_offset

@@ -7,7 +7,9 @@ with N steps, no caching). A schedule file brings its own sampler and step count
 Modes:
 * ``lockstep`` — each chunk is computed from the current observation and the world waits for
   it: success measures what the sampler does to behaviour, not its speed. Episodes run as one
-  batch, so every method sees the same initial noise per episode and replanning round.
+  batch, and each draws its noise from its own generator, seeded by its reset seed and
+  replanning round: every method sees the same noise per episode and round, and an episode's
+  noise does not depend on which episodes share its batch (so seed ranges can be sharded).
 * ``realtime`` — the world moves on at the control rate while the model computes: a chunk that
   took L seconds arrives ``floor(L / dt)`` ticks late, the arm holds its last target meanwhile,
   and the actions whose time has passed are skipped. Latency is measured on this machine.
@@ -119,14 +121,19 @@ class _Episode:
                              float(self.info["effector_error"]))
 
 
-def _batched(policy: Policy, episodes: list[_Episode], seed: int, progress, late: int = 0) -> None:
-    """All episodes as one batch; each chunk's first ``late`` ticks pass with the arm holding
-    its previous target (0: lockstep)."""
+def _generator(seed: int, round_: int) -> torch.Generator:
+    """The noise of one episode's replanning round, whatever else runs beside it."""
+    return torch.Generator().manual_seed(seed * 100_003 + round_)
+
+
+def _batched(policy: Policy, episodes: list[_Episode], progress, late: int = 0) -> None:
+    """All episodes as one batch (finished ones too: a constant shape, one CUDA graph); each
+    chunk's first ``late`` ticks pass with the arm holding its previous target (0: lockstep)."""
     rounds = 0
     while not all(e.done for e in episodes):
         batch = {k: np.stack([e.window()[k] for e in episodes]) for k in policy.obs_spec}
-        g = torch.Generator().manual_seed(seed * 100_003 + rounds)
-        chunks = policy.predict(batch, generator=g, batched=True)
+        gens = [_generator(e.seed, rounds) for e in episodes]
+        chunks = policy.predict(batch, generator=gens, batched=True)
         rounds += 1
         for e, chunk in zip(episodes, chunks):
             if e.done:
@@ -139,10 +146,10 @@ def _batched(policy: Policy, episodes: list[_Episode], seed: int, progress, late
                     break
 
 
-def _realtime(policy: Policy, episodes: list[_Episode], seed: int, progress) -> None:
+def _realtime(policy: Policy, episodes: list[_Episode], progress) -> None:
     dt = policy.dt
     for e in episodes:
-        g = torch.Generator().manual_seed(seed * 100_003 + e.seed)
+        g = _generator(e.seed, 0)  # one stream for the episode: its rounds are not aligned
         while not e.done:
             t0 = time.perf_counter()
             chunk = policy.predict(e.window(), generator=g)
@@ -195,32 +202,39 @@ def evaluate(
     progress = progress or (lambda n: None)
     t0 = time.perf_counter()
     if mode == "realtime" and latency_ms is None:
-        _realtime(policy, eps, seed, progress)
+        _realtime(policy, eps, progress)
     else:
         late = 0 if mode == "lockstep" else int(latency_ms * 1e-3 // policy.dt)
-        _batched(policy, eps, seed, progress, late)
+        _batched(policy, eps, progress, late)
         # the batch hid per-observation latency: time batch 1 separately (or take the given one)
         latency = (latency_ms * 1e-3 if latency_ms is not None
                    else _batch1_latency(policy, eps[0].window()))
         for e in eps:
             e.latencies = [latency]
     results = [e.result() for e in eps]
-    n_success = sum(r.success for r in results)
-    lo, hi = wilson_interval(n_success, episodes)
-    latencies = [r.latency_ms for r in results if r.chunks]
     return {
         "method": method,
         "mode": mode,
         "fixed_latency": latency_ms is not None,
-        "episodes": episodes,
         "seed": seed,
-        "success_rate": n_success / episodes,
-        "ci95": [lo, hi],
-        "collision_rate": sum(r.collision for r in results) / episodes,
-        "mean_latency_ms": float(np.mean(latencies)) if latencies else 0.0,
+        **summarize(results),
         "schedule_id": policy.schedule_id,
         "flop_ratio": policy.flop_ratio(policy.plan),
         "sampler": policy.sampler,
         "wall_s": round(time.perf_counter() - t0, 1),
         "per_episode": [asdict(r) for r in results],
+    }
+
+
+def summarize(results: list[EpisodeResult]) -> dict:
+    """Success, its interval, collisions and mean latency over episodes (also of merged shards)."""
+    n, n_success = len(results), sum(r.success for r in results)
+    lo, hi = wilson_interval(n_success, n)
+    latencies = [r.latency_ms for r in results if r.chunks]
+    return {
+        "episodes": n,
+        "success_rate": n_success / n,
+        "ci95": [lo, hi],
+        "collision_rate": sum(r.collision for r in results) / n,
+        "mean_latency_ms": float(np.mean(latencies)) if latencies else 0.0,
     }
