@@ -7,6 +7,7 @@ SetParametersResult and the unchanged value. Observations carry identical conten
 fixed seed every chunk is the same: a change shows as an exact difference.
 """
 
+import itertools
 import math
 import re
 import threading
@@ -29,7 +30,7 @@ from bac_ros.policy.checkpoint import save_native
 pytestmark = pytest.mark.ros
 LAG = 1.0  # every observation is stamped this long ago (see the age checks)
 BASE = {"replan_steps": 1, "rate_hz": 0.0, "seed": 0, "max_obs_age": 5.0,
-        "action_low": [-10.0], "action_high": [10.0]}
+        "action_low": [-10.0], "action_high": [10.0], "replan": "at_end", "seam": "none"}
 # One bad value per validated parameter, with words of the sentence refusing it.
 BAD = {
     "action_high": ([math.nan], "are not ordered numbers"),
@@ -41,6 +42,10 @@ BAD = {
     "rate_hz": (-1.0, "expected 0 (replan by frames) or a positive rate"),
     "replan_steps": (-1, "expected 0 (the policy's n_action_steps, 4)"),
     "instruction": ("stack the cups", "takes no instruction"),
+    "replan": ("soon", "expected at_end or latency_aware"),
+    "seam": ("smooth", "expected none, inpaint or blend"),
+    "seam_weight": (1.5, "expected a weight in [0, 1]"),
+    "warm_start": (1.0, "expected -1 (as the schedule says) or the fraction"),
 }
 RECONFIGURE = "is read at configure only; deactivate and clean up the node, set it, then configure"
 
@@ -76,12 +81,12 @@ class Probe:
     def stamps(self, chunks) -> list[float]:
         return [round(_sec(c.header.stamp), 6) for c in chunks]
 
-    def chunk(self, tries: int = 3):
+    def chunk(self, tries: int = 3, wait: float = 5.0):
         """Send until a chunk answers the observation (a best-effort frame may be lost):
         (stamp, actions (n_action_steps, action_dim), message)."""
         for _ in range(tries):
             t = round(self.send(), 6)
-            if self.r.spin(5, lambda t=t: t in self.stamps(self.r.chunks)):
+            if self.r.spin(wait, lambda t=t: t in self.stamps(self.r.chunks)):
                 msg = self.r.chunks[self.stamps(self.r.chunks).index(t)]
                 if self.r.node.get_parameter("publish_trajectory").value:  # it follows
                     assert self.r.spin(5, lambda t=t: t in self.stamps(self.r.trajs))
@@ -229,6 +234,95 @@ def check_replan_steps(p: Probe) -> None:
     p.chunk()
 
 
+def check_replan(p: Probe) -> None:
+    p.set(replan_steps=3)  # at_end: every third frame is answered (check_replan_steps)
+    p.set(replan="latency_aware")
+    # Each chunk is done LAG = 1 s after its observation: 10 frames, more than the 3 between
+    # chunks, so the next one is requested at once: every frame is answered.
+    p.chunk()
+    for _ in range(3):
+        t = round(p.send(), 6)
+        assert p.r.spin(10, lambda t=t: t in p.stamps(p.r.chunks))
+    assert p.r.spin(5, lambda: _values(p.r.diags[-1])["replan_interval_frames"] == "1")
+    assert float(_values(p.r.diags[-1])["chunk_age_ms_estimate"]) >= LAG * 1e3
+    p.refuse_bad("replan")
+    p.set(replan="at_end")
+    assert p.r.spin(5, lambda: _values(p.r.diags[-1])["replan_interval_frames"] == "3")
+    p.set(replan_steps=1)
+    p.chunk()
+
+
+_SIM_SESSIONS = itertools.count()
+
+
+def on_sim_time(check):
+    """Run ``check`` with the node on a hand-moved /clock that stands still while it infers:
+    every chunk is 0 s old, so none of a new chunk's actions is certain to run from the old
+    one (lead 0) and only the seam weights decide the overlap. ``plain`` is the chunk of the
+    (always identical) observation with seed 0 and no seam."""
+    def run(p: Probe) -> None:
+        clock = SimClock(p.r, 500.0 + 100 * next(_SIM_SESSIONS))  # stamps never repeat
+        p.set(use_sim_time=True)
+        assert p.r.spin(10, clock.advance)
+        wall, p.now, p.last = p.now, clock.now, -math.inf
+        p.chunk(wait=60)  # the first chunk on this clock measures its age: 0
+        check(p, p.chunk(wait=60)[1])
+        p.set(use_sim_time=False)
+        p.now = wall
+        p.chunk()
+    return run
+
+
+def _answer(p: Probe):
+    """The next chunk and its offset from the previous one (control steps between stamps)."""
+    before = p.stamps(p.r.chunks)[-1]
+    t, actions, _ = p.chunk(wait=60)
+    return actions, round((t - before) / 0.1)
+
+
+@on_sim_time
+def check_seam(p: Probe, plain: np.ndarray) -> None:
+    n = len(plain)
+    p.set(seam="inpaint", seam_weight=1.0)
+    inpainted, k = _answer(p)  # denoised toward the committed (plain) chunk where they overlap
+    np.testing.assert_allclose(inpainted[: n - k], plain[k:], rtol=0, atol=1e-5)
+    assert not np.allclose(inpainted[n - k:], plain[n - k:], atol=1e-3)  # a new sample beyond
+    p.set(seam="blend")
+    blended, k = _answer(p)  # plain sampling, then the overlap mixed in (weight 1: replaced)
+    np.testing.assert_array_equal(blended[: n - k], inpainted[k:])
+    np.testing.assert_array_equal(blended[n - k:], plain[n - k:])
+    p.refuse_bad("seam")
+    p.set(seam="none")
+    np.testing.assert_array_equal(p.chunk(wait=60)[1], plain)
+
+
+@on_sim_time
+def check_seam_weight(p: Probe, plain: np.ndarray) -> None:
+    n = len(plain)
+    p.set(seam="blend", seam_weight=0.0)  # no overlapping action is certain to run: no mixing
+    np.testing.assert_array_equal(_answer(p)[0], plain)
+    p.set(seam_weight=0.5)
+    got, k = _answer(p)  # committed: plain; action j gets weight 0.5 ** (j + 1)
+    w = 0.5 ** np.arange(1, n - k + 1, dtype=np.float32)[:, None]
+    want = plain.copy()
+    want[: n - k] = (1 - w) * plain[: n - k] + w * plain[k:]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    p.refuse_bad("seam_weight")
+    p.set(seam="none", seam_weight=0.5)
+
+
+@on_sim_time
+def check_warm_start(p: Probe, plain: np.ndarray) -> None:
+    p.set(warm_start=0.5)  # 5 of the 10 steps skipped, from the committed chunk re-noised
+    warm = _answer(p)[0]
+    assert not np.allclose(warm, plain, atol=1e-3)
+    p.set(warm_start=0.0)
+    np.testing.assert_array_equal(p.chunk(wait=60)[1], plain)
+    p.refuse_bad("warm_start")
+    p.set(warm_start=-1.0)  # as the schedule says: full compute names no warm start
+    np.testing.assert_array_equal(p.chunk(wait=60)[1], plain)
+
+
 def check_publish_trajectory(p: Probe) -> None:
     p.set(publish_trajectory=False)
     off, _, _ = p.chunk()
@@ -312,6 +406,7 @@ CHECKS = {
     "seed": check_seed,
     "rate_hz": check_rate_hz,
     "replan_steps": check_replan_steps,
+    "replan": check_replan,
     "publish_trajectory": check_publish_trajectory,
     "max_obs_age": check_max_obs_age,
     "max_chunk_age": check_max_chunk_age,
@@ -323,6 +418,9 @@ CHECKS = {
     # read-only (autostart: ours, start_type_description_service: rclpy's)
     **{name: refused_while_configured(name, False, "read-only")
        for name in ("autostart", "start_type_description_service")},
+    "seam": check_seam,  # these three run on a clock of their own
+    "seam_weight": check_seam_weight,
+    "warm_start": check_warm_start,
     "use_sim_time": check_use_sim_time,  # last: it moves the clock
 }
 
@@ -400,7 +498,7 @@ def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_
     GATE.clear()
     ENTERED.clear()
     r = running({"checkpoint": str(gated_vla), "use_sim_time": True, "replan_steps": 1,
-                 "max_obs_age": 0.5, "seed": 0})
+                 "max_obs_age": 0.5, "seed": 0, "seam": "none"})
     clock = SimClock(r, 100.0)
     r.wait_connected()
     assert r.spin(10, clock.advance)
