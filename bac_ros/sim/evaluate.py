@@ -153,6 +153,7 @@ class _Timeline:
         self.ticks = self.holds = 0  # control ticks, and those without a fresh action
         self.jumps: list[float] = []  # |first new action - the action it replaced| per seam
         self.changes: list[float] = []  # |a[k+1] - a[k]| inside chunks: the policy's own steps
+        self.moves: list[float] = []  # |command - previous command| per tick, as executed
 
 
 def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution, lag: int,
@@ -167,7 +168,7 @@ def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution
     planner = Replanner(dt)
     # in force: (stamp, actions, number); computing: (stamp, arrival, actions, age, number)
     chunk = flight = None
-    again, tick = False, 0
+    again, tick, last = False, 0, e.env.hold_action()
 
     def start():
         lead = planner.lead(n)
@@ -209,11 +210,14 @@ def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution
         line.ticks += 1
         if k is not None and k < len(chunk[1]):
             line.executed.append((chunk[2], k))
-            e.act(chunk[1][k])
+            target = chunk[1][k]
         else:
             line.executed.append(None)
             line.holds += 1
-            e.hold()
+            target = e.env.hold_action()
+        line.moves.append(float(np.linalg.norm(target - last)))
+        last = np.asarray(target)
+        e.act(target)
         tick += 1
     return line
 
@@ -233,6 +237,7 @@ def _timeline_report(execution: Execution, lag: int, lines: list[_Timeline]) -> 
     """Seam and starvation figures over all episodes (medians and 95th percentiles)."""
     jumps = np.asarray([j for ln in lines for j in ln.jumps])
     changes = np.asarray([c for ln in lines for c in ln.changes])
+    moves = np.asarray([m for ln in lines for m in ln.moves])
 
     def q(values, p):
         return float(np.percentile(values, p)) if len(values) else float("nan")
@@ -242,6 +247,8 @@ def _timeline_report(execution: Execution, lag: int, lines: list[_Timeline]) -> 
         "hold_share": sum(ln.holds for ln in lines) / max(1, sum(ln.ticks for ln in lines)),
         "seam_jump_median": q(jumps, 50), "seam_jump_p95": q(jumps, 95),
         "step_change_median": q(changes, 50), "step_change_p95": q(changes, 95),
+        # the command as executed: a seam that moved into the new chunk shows here
+        "executed_step_p95": q(moves, 95), "executed_step_max": q(moves, 100),
         "seams": int(len(jumps)),
         # per episode: the tick of each inference, and per tick (chunk number, action) or None
         "starts": [ln.starts for ln in lines], "executed": [ln.executed for ln in lines],
