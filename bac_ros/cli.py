@@ -262,13 +262,18 @@ def _eval(args) -> int:
     from tqdm import tqdm
 
     from bac_ros.policy.policy import Policy
+    from bac_ros.policy.realtime import execution_settings
     from bac_ros.sim.evaluate import evaluate
 
+    execution = execution_settings({"replan": args.replan, "seam": args.seam,
+                                    "seam_weight": args.seam_weight,
+                                    "warm_start": args.warm_start})
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
     with tqdm(total=args.episodes, desc=f"{args.method} {args.mode}", unit="ep",
               file=sys.stderr) as bar:
         report = evaluate(policy, args.method, args.episodes, args.seed, args.mode,
-                          progress=bar.update, latency_ms=args.latency_ms)
+                          progress=bar.update, latency_ms=args.latency_ms,
+                          execution=execution)
     lo, hi = report["ci95"]
     print(f"{args.method} ({args.mode}, {args.episodes} episodes from seed {args.seed}): "
           f"success {report['success_rate']:.1%} [95% CI {lo:.1%}-{hi:.1%}], "
@@ -377,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--latency-ms", type=float,
                    help="realtime mode: assume this fixed latency instead of timing each chunk")
+    p.add_argument("--replan", default="at_end", help="realtime: at_end | latency_aware, the "
+                   "policy node's rule for when the next chunk starts")
+    p.add_argument("--seam", default="none", help="realtime: none | inpaint | blend")
+    p.add_argument("--seam-weight", type=float, default=0.5,
+                   help="realtime: the policy node's seam_weight")
+    p.add_argument("--warm-start", type=float, default=0.0,
+                   help="realtime: fraction of denoising steps a warm start skips (-1: as the "
+                        "schedule says)")
     p.add_argument("--json", type=Path, help="write the full report here")
     p.set_defaults(func=_eval)
 

@@ -2,6 +2,7 @@
 action the executor runs. Latency is made deterministic, never timed: a model that waits for
 the test on sim time (the node, over DDS), or a simulated clock (the closed-loop evaluation)."""
 
+import json
 import threading
 from pathlib import Path
 
@@ -401,3 +402,25 @@ def test_policy_node_requests_the_next_chunk_by_its_measured_latency(running, st
     p.set(replan="latency_aware", schedule="uniform:2")  # latency forgotten: at once ...
     assert next_request() == 1
     assert next_request() == 2  # ... until this schedule's first chunk was measured
+
+
+def test_the_evaluation_refuses_a_rule_it_would_not_apply(lowdim):
+    policy = Policy.from_pretrained(lowdim, device="cpu")
+    for kw in ({"mode": "lockstep"}, {"mode": "realtime", "latency_ms": 100.0}):
+        with pytest.raises(ValueError, match="act in realtime mode with live latency only"):
+            evaluate(policy, "full", episodes=1, execution=Execution(), **kw)
+
+
+def test_bac_eval_runs_the_node_rule_in_real_time(lowdim, tmp_path, capsys):
+    from bac_ros.cli import main
+
+    out = tmp_path / "rt.json"
+    assert main(["eval", "--checkpoint", str(lowdim), "--mode", "realtime", "--episodes", "1",
+                 "--device", "cpu", "--replan", "latency_aware", "--seam", "inpaint",
+                 "--seam-weight", "0.7", "--json", str(out)]) == 0
+    rt = json.loads(out.read_text())["realtime"]
+    assert (rt["replan"], rt["seam"], rt["seam_weight"]) == ("latency_aware", "inpaint", 0.7)
+    assert len(rt["starts"]) == 1 and rt["starts"][0][0] == 0
+    assert main(["eval", "--checkpoint", str(lowdim), "--seam", "inpaint", "--episodes", "1",
+                 "--device", "cpu"]) != 0
+    assert "act in realtime mode with live latency only" in capsys.readouterr().err

@@ -289,6 +289,10 @@ def evaluate(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if (execution != AT_END or lag_ticks) and (mode != "realtime" or latency_ms is not None):
+        raise ValueError(f"replanning, seams, warm starts and lag ({execution}, lag "
+                         f"{lag_ticks}) act in realtime mode with live latency only; expected "
+                         "mode realtime without a fixed latency, or the at_end defaults")
     apply_method(policy, method)
     task = task or task_of(policy)
     images = any(kind == "rgb" for _, kind in policy.obs_spec.values())
