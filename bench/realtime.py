@@ -1,24 +1,24 @@
 """Real-time execution on the bundled arm policy: replanning and seams, idle and under CPU load.
 
-    python bench/realtime.py --episodes 10 --load 2 --json docs/realtime.json
+    python bench/realtime.py --episodes 10 --load 2 --threads 1 --json docs/realtime.json
 
 Every row is closed-loop and real time with live latency (bac_ros.sim.evaluate's realtime mode:
-each chunk takes the time it takes on this machine while the world runs the chunk in force,
-chunks requested and joined by the policy node's own rule). Methods: full compute (DDPM-100),
-BAC S=10 k=5, and `bac tune`'s schedule (DDPM-10); each with ``at_end`` (the next chunk when the
-current one ends), ``latency_aware``, ``latency_aware + inpaint``, ``+ warm start`` and
-``latency_aware + blend``; idle and with ``--load`` busy processes (bac_ros.policy.timing.
-cpu_load: one pure-Python loop per process, each keeping a core busy). Lockstep success (the
-world waits for every chunk) is the reference. Columns: success; mean model latency; the share
-of control ticks without a fresh action (holds); the seam jump |first new action - the action
-it replaces| (median, 95th percentile) against the policy's own step-to-step change inside its
-chunks (median, p95), and the step-to-step change of the command as executed (p95, max): with
-inpainting the first new action often equals the committed one by construction, and any jump
-left shows there. ``--lags`` adds a sweep of extra delay (ticks on top of the live latency) with the
-tuned schedule: how much lag each rule tolerates.
+each chunk takes the time it takes on this machine while the world runs the chunk in force;
+chunks are requested and joined by the policy node's own rule). Methods: full compute
+(DDPM-100), BAC S=10 k=5 and `bac tune`'s schedule (DDPM-10). Rules (``--rules``, see
+:func:`parse_rule`): ``at_end`` (the next chunk when the current one ends), ``latency_aware``,
+``+inpaint[:W]``, ``+blend[:W]``, ``+warm:F``; idle and with ``--load`` busy processes
+(bac_ros.policy.timing.cpu_load: one pure-Python loop per process, each keeping a core busy).
+Lockstep success (the world waits for every chunk) is the reference. Columns: success; mean
+model latency; the share of control ticks without a fresh action (holds); the seam jump |first
+new action - the action it replaces| (median/p95); the policy's own step-to-step change inside
+its chunks (median/p95); the step-to-step change of the command as executed (p95/max): with
+inpainting the first new action often equals the committed one by construction, and a jump
+left over shows there. ``--lags`` sweeps extra delay (ticks on top of the live latency) with
+the tuned schedule under load: how much lag each of ``--lag-rules`` tolerates.
 
-All rows use the same episode seeds (100000 on). The machine may be shared: the script prints
-the load average before each block, and latency figures hold for that machine at that time.
+All rows use the same episode seeds (100000 on). The machine may be shared: each row records
+the 1-minute load average, and latency figures hold for that machine at that time.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.realtime import Execution
+from bac_ros.policy.realtime import Execution, execution_settings
 from bac_ros.policy.timing import cpu_load
 from bac_ros.sim.evaluate import evaluate
 
@@ -42,15 +42,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "checkpoints" / "arm_lowdim"
 METHODS = {"full": "full", "BAC S=10": f"bac:{CKPT / 'bac_s10_k5.yaml'}",
            "tuned": f"bac:{CKPT / 'tuned_x5.yaml'}"}
-RULES = {
-    "at_end": Execution(replan="at_end", seam="none", warm_start=0.0),
-    "latency_aware": Execution(replan="latency_aware", seam="none", warm_start=0.0),
-    "latency_aware + inpaint": Execution(replan="latency_aware", seam="inpaint",
-                                         warm_start=0.0),
-    "latency_aware + inpaint + warm 0.3": Execution(replan="latency_aware", seam="inpaint",
-                                                    warm_start=0.3),
-    "latency_aware + blend": Execution(replan="latency_aware", seam="blend", warm_start=0.0),
-}
+RULES = ["at_end", "latency_aware", "latency_aware+inpaint", "latency_aware+inpaint+warm:0.3",
+         "latency_aware+blend"]
+
+
+def parse_rule(text: str) -> Execution:
+    """``REPLAN[+inpaint[:W]|+blend[:W]][+warm:F]``, e.g. ``latency_aware+inpaint:0.8+warm:0.3``
+    (W: seam_weight, default 0.5; F: warm_start fraction, default 0)."""
+    replan, *parts = text.split("+")
+    values = {"replan": replan, "seam": "none", "seam_weight": 0.5, "warm_start": 0.0}
+    for part in parts:
+        key, _, value = part.partition(":")
+        if key in ("inpaint", "blend"):
+            values.update(seam=key, seam_weight=float(value or 0.5))
+        elif key == "warm" and value:
+            values["warm_start"] = float(value)
+        else:
+            raise ValueError(f"rule part {part!r} of {text!r}; expected inpaint[:W], "
+                             "blend[:W] or warm:F")
+    return execution_settings(values)
 
 
 def _row(report: dict) -> dict:
@@ -82,10 +92,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100_000)
     ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded rows")
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--rules", nargs="*", default=list(RULES))
+    ap.add_argument("--rules", nargs="*", default=RULES, help=parse_rule.__doc__)
     ap.add_argument("--loads", nargs="*", default=["idle", "loaded"])
     ap.add_argument("--lags", type=int, nargs="*", default=[],
                     help="extra ticks of delay for the lag sweep (tuned schedule, loaded)")
+    ap.add_argument("--lag-rules", nargs="*", default=["at_end", "latency_aware+inpaint"])
+    ap.add_argument("--skip-lockstep", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -108,7 +120,7 @@ def main(argv=None) -> int:
             args.json.write_text(json.dumps(out, indent=1) + "\n")
 
     t0 = time.perf_counter()
-    for name in args.methods:
+    for name in [] if args.skip_lockstep else args.methods:
         record(name, "lockstep", "-", evaluate(policy, METHODS[name], args.episodes, args.seed,
                                                mode="lockstep"))
     for load in args.loads:
@@ -117,14 +129,14 @@ def main(argv=None) -> int:
                 for rule in args.rules:
                     record(name, rule, load, evaluate(
                         policy, METHODS[name], args.episodes, args.seed, mode="realtime",
-                        execution=RULES[rule]))
+                        execution=parse_rule(rule)))
     if args.lags:
         print("\nlag sweep (tuned schedule, loaded): success by extra ticks of delay", flush=True)
         with cpu_load(args.load):
-            for rule in ("at_end", "latency_aware + inpaint"):
+            for rule in args.lag_rules:
                 for lag in args.lags:
                     r = evaluate(policy, METHODS["tuned"], args.episodes, args.seed,
-                                 mode="realtime", execution=RULES[rule], lag_ticks=lag)
+                                 mode="realtime", execution=parse_rule(rule), lag_ticks=lag)
                     record("tuned", f"{rule} lag +{lag}", "loaded", r)
     print(f"\n{time.perf_counter() - t0:.0f} s in all", flush=True)
     return 0

@@ -43,7 +43,7 @@ from bac_ros.io.observer import (
 from bac_ros.msg import ActionChunk
 from bac_ros.nodes.settings import LiveSettings, live_settings
 from bac_ros.nodes.topics import subscribe_observations
-from bac_ros.policy.realtime import Replanner, blend, continuation, offset_of, seam_weights
+from bac_ros.policy.realtime import Replanner, blended, continuation
 
 # name: (default, when a change takes effect, description). LIVE: from the next chunk on,
 # after validation; CONFIGURE: read at configure, refused while configured (a reconfigure is
@@ -349,11 +349,7 @@ class PolicyNode(LifecycleNode):
             self._warn("predict", f"no chunk: inference failed ({e})")
             return
         latency = time.perf_counter() - t0
-        if s.execution.seam == "blend" and committed is not None:
-            offset = offset_of(committed[0], stamp, policy.dt)
-            if offset >= 0:
-                actions = blend(actions, committed[1], offset, seam_weights(
-                    len(committed[1]), offset, lead, s.execution.seam_weight))
+        actions = blended(s.execution, committed, stamp, policy.dt, lead, actions)
         # The output is checked against the settings in force now, not those at the start: a
         # limit lowered while this chunk was computed already applies to it.
         out = self.settings

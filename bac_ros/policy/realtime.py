@@ -148,6 +148,18 @@ def continuation(execution: Execution, committed: tuple[float, np.ndarray] | Non
             "warm_start": warm}
 
 
+def blended(execution: Execution, committed: tuple[float, np.ndarray] | None, stamp: float,
+            dt: float, certain: int, actions: np.ndarray) -> np.ndarray:
+    """The new chunk of the observation at ``stamp`` as it is published: under ``blend`` mixed
+    into the overlap with ``committed`` (stamp, actions); as it is otherwise."""
+    offset = -1 if committed is None else offset_of(committed[0], stamp, dt)
+    if execution.seam != "blend" or offset < 0:
+        return actions
+    n = len(committed[1])
+    return blend(actions, committed[1], offset,
+                 seam_weights(n, offset, certain, execution.seam_weight))
+
+
 def blend(actions: np.ndarray, committed: np.ndarray, offset: int,
           weights: np.ndarray) -> np.ndarray:
     """The new chunk with its overlap mixed into the committed actions: new action j becomes

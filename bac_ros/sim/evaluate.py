@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.realtime import Execution, Replanner, blend, continuation, seam_weights
+from bac_ros.policy.realtime import Execution, Replanner, blended, continuation
 from bac_ros.sim.tasks import Env, Task, make_env, task_of
 
 MODES = ("lockstep", "realtime")
@@ -178,10 +178,7 @@ def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution
         actions = policy.predict(e.window(), generator=g,
                                  **continuation(ex, committed, stamp, dt, lead, policy))
         latency = clock() - t0
-        if ex.seam == "blend" and chunk is not None:
-            offset = tick - round(chunk[0] / dt)
-            actions = blend(actions, chunk[1], offset,
-                            seam_weights(len(chunk[1]), offset, lead, ex.seam_weight))
+        actions = blended(ex, committed, stamp, dt, lead, actions)
         e.chunks += 1
         e.latencies.append(latency)
         line.starts.append(tick)
