@@ -272,7 +272,7 @@ def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
                                        Parameter("images", value=False),
                                        Parameter("n_action_steps", value=4)])
     node, executor, thread = _start({"checkpoint": str(lowdim_ckpt), "device": "cpu",
-                                     "use_sim_time": True, "replan_steps": 1})
+                                     "use_sim_time": True, "replan_steps": 1, "seam": "none"})
     local = rclpy.executors.SingleThreadedExecutor()
     local.add_node(sim)
     try:
