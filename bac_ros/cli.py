@@ -267,8 +267,18 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
+    from bac_ros.policy.realtime import execution_settings
     from bac_ros.sim import cluster
+    from bac_ros.sim.evaluate import AT_END
 
+    execution = execution_settings({"replan": args.replan, "seam": args.seam,
+                                    "seam_weight": args.seam_weight,
+                                    "warm_start": args.warm_start})
+    if execution != AT_END:
+        if args.workers is not None or args.ray is not None:
+            raise ValueError("--replan/--seam/--warm-start run live real time, which needs a "
+                             "quiet single machine; drop --workers/--ray for them")
+        return _eval_execution(args, execution)
     job = cluster.Cell(str(args.checkpoint), args.method, args.mode, args.seed, args.episodes,
                        args.latency_ms, args.device)
     if args.workers is None and args.ray is None:
@@ -287,6 +297,23 @@ def _eval(args) -> int:
     except cluster.ClusterError as e:
         print(f"bac eval: error: {e}", file=sys.stderr)
         return 1
+
+
+def _eval_execution(args, execution) -> int:
+    """Live real time with the policy node's replanning, seam and warm-start rules."""
+    from tqdm import tqdm
+
+    from bac_ros.policy.policy import Policy
+    from bac_ros.sim.evaluate import evaluate
+
+    policy = Policy.from_pretrained(args.checkpoint, device=args.device)
+    with tqdm(total=args.episodes, desc=f"{args.method} {args.mode}", unit="ep",
+              file=sys.stderr) as bar:
+        report = evaluate(policy, args.method, args.episodes, args.seed, args.mode,
+                          progress=bar.update, latency_ms=args.latency_ms,
+                          execution=execution)
+    report["success_source"] = "local, one process"
+    return _eval_report(args, report)
 
 
 def _eval_cluster(args, job) -> int:
@@ -460,6 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split the episodes over the Ray cluster at ADDRESS (HOST:PORT)")
     p.add_argument("--cell-episodes", type=int, metavar="N",
                    help="episodes per Ray task (default 25)")
+    p.add_argument("--replan", default="at_end", help="realtime: at_end | latency_aware, the "
+                   "policy node's rule for when the next chunk starts")
+    p.add_argument("--seam", default="none", help="realtime: none | inpaint | blend")
+    p.add_argument("--seam-weight", type=float, default=0.5,
+                   help="realtime: the policy node's seam_weight")
+    p.add_argument("--warm-start", type=float, default=0.0,
+                   help="realtime: fraction of denoising steps a warm start skips (-1: as the "
+                        "schedule says)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("tune", help="best-fidelity sampler + schedule inside a latency budget")

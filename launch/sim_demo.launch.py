@@ -30,6 +30,9 @@ def generate_launch_description():
         DeclareLaunchArgument("mode", default_value="realtime", description="realtime | lockstep"),
         DeclareLaunchArgument("episodes", default_value="10"),
         DeclareLaunchArgument("device", default_value="auto"),
+        DeclareLaunchArgument("seam", default_value="inpaint",
+                              description="realtime: none | inpaint | blend (lockstep: none, "
+                                          "since the sim, not time, picks the chunks it runs)"),
         Node(package=PACKAGE, executable=SIM_EXECUTABLE, name="bac_sim", output="screen",
              parameters=[os.path.join(share, SIM_PARAMS_FILE),
                          {"mode": arg("mode"), "episodes": arg("episodes")}]),
@@ -41,5 +44,7 @@ def generate_launch_description():
                  "use_sim_time": lockstep,
                  "replan_steps": PythonExpression(["1 if '", arg("mode"),
                                                    "' == 'lockstep' else 0"]),
+                 "seam": PythonExpression(["'none' if '", arg("mode"), "' == 'lockstep' else '",
+                                           arg("seam"), "'"]),
              }]),
     ])

@@ -16,6 +16,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
@@ -160,3 +161,129 @@ class Running:
         self.node.destroy_node()  # tears down the policy, timers and publishers first
         assert alive, "the policy node's executor thread died"
         assert self.unsafe == 0, f"{self.unsafe} unsafe chunks or trajectories were published"
+
+
+# -- the parameter walk's probe (test_parameters.py, test_realtime.py) --------------------
+
+LAG = 1.0  # every observation is stamped this long ago (see the age checks)
+BASE = {"replan_steps": 1, "rate_hz": 0.0, "seed": 0, "max_obs_age": 5.0,
+        "action_low": [-10.0], "action_high": [10.0], "replan": "at_end", "seam": "none"}
+# One bad value per validated parameter, with words of the sentence refusing it.
+BAD = {
+    "action_high": ([math.nan], "are not ordered numbers"),
+    "action_low": ([20.0], "expected action_low <= action_high"),
+    "limit_mode": ("clamp", "expected clip or refuse"),
+    "max_obs_age": (0.0, "expected a positive number of seconds"),
+    "max_chunk_age": (-1.0, "expected 0 or a positive number of seconds"),
+    "seed": (-2, "expected -1 (fresh noise every chunk)"),
+    "rate_hz": (-1.0, "expected 0 (replan by frames) or a positive rate"),
+    "replan_steps": (-1, "expected 0 (the policy's n_action_steps, 4)"),
+    "instruction": ("stack the cups", "takes no instruction"),
+    "replan": ("soon", "expected at_end or latency_aware"),
+    "seam": ("smooth", "expected none, inpaint or blend"),
+    "seam_weight": (1.5, "expected a weight in [0, 1]"),
+    "warm_start": (1.0, "expected -1 (as the schedule says) or the fraction"),
+}
+RECONFIGURE = "is read at configure only; deactivate and clean up the node, set it, then configure"
+
+
+class Probe:
+    """Sends one observation at a time (same content every time) and waits for its outcome: a
+    chunk with its stamp, or a /diagnostics counter going up."""
+
+    def __init__(self, r: Running, now=None, size: int = 32):
+        self.r, self.last = r, -math.inf
+        self.now = now or (lambda: r.client.get_clock().now().nanoseconds * 1e-9 - LAG)
+        self.frame = np.random.default_rng(7).integers(0, 256, (size, size, 3), np.uint8)
+
+    def send(self) -> float:
+        """One observation, stamped now (LAG ago on the wall clock), at least one policy dt
+        (0.1 s) after the previous one: the node counts it as a new frame."""
+        t = self.now()
+        while t < self.last + 0.1:
+            self.r.spin(0.02)
+            t = self.now()
+        self.last = t
+        stamp = rclpy.time.Time(nanoseconds=int(round(t * 1e9))).to_msg()
+        js = JointState(name=JOINTS, position=[0.1, 0.2, 0.3])
+        js.header.stamp = stamp
+        self.r.js.publish(js)
+        self.r.spin(0.03)  # joints first: a camera frame needs a fresh joint state to count
+        h, w = self.frame.shape[:2]
+        img = Image(height=h, width=w, encoding="rgb8", step=3 * w, data=self.frame.tobytes())
+        img.header.stamp = stamp
+        self.r.img.publish(img)
+        return t
+
+    def stamps(self, chunks) -> list[float]:
+        return [round(to_sec(c.header.stamp), 6) for c in chunks]
+
+    def chunk(self, tries: int = 3, wait: float = 5.0):
+        """Send until a chunk answers the observation (a best-effort frame may be lost):
+        (stamp, actions (n_action_steps, action_dim), message)."""
+        for _ in range(tries):
+            t = round(self.send(), 6)
+            if self.r.spin(wait, lambda t=t: t in self.stamps(self.r.chunks)):
+                msg = self.r.chunks[self.stamps(self.r.chunks).index(t)]
+                if self.r.node.get_parameter("publish_trajectory").value:  # it follows
+                    assert self.r.spin(5, lambda t=t: t in self.stamps(self.r.trajs))
+                return t, np.asarray(msg.actions, np.float32).reshape(
+                    msg.horizon, msg.action_dim), msg
+        raise AssertionError("no chunk answered the observation")
+
+    def counter(self, key: str) -> int:
+        return int(diag_values(self.r.diags[-1])[key]) if self.r.diags else 0
+
+    def dropped(self, key: str, tries: int = 3) -> float:
+        """Send until the /diagnostics counter ``key`` goes up; the observation's stamp."""
+        before = self.counter(key)
+        for _ in range(tries):
+            t = round(self.send(), 6)
+            if self.r.spin(5, lambda: self.counter(key) > before):
+                return t
+        raise AssertionError(f"diagnostic counter {key} stayed at {before}")
+
+    def said(self, words: str, since: int) -> bool:
+        """Some /diagnostics message from ``since`` on says ``words`` (waits for the next)."""
+        return self.r.spin(5, lambda: any(words in d.message for d in self.r.diags[since:]))
+
+    def assert_unanswered(self, t: float) -> None:
+        """No chunk carries stamp ``t``; call after a later chunk arrived (one FIFO topic)."""
+        assert t not in self.stamps(self.r.chunks)
+
+    def set(self, **values) -> None:
+        res = self.r.node.set_parameters_atomically(
+            [Parameter(k, value=v) for k, v in values.items()])
+        assert res.successful, res.reason
+
+    def refuse(self, name: str, value, words: str = "") -> str:
+        before = self.r.node.get_parameter(name).value
+        res = self.r.node.set_parameters([Parameter(name, value=value)])[0]
+        assert not res.successful and res.reason and words in res.reason, res.reason
+        assert self.r.node.get_parameter(name).value == before
+        return res.reason
+
+    def refuse_bad(self, name: str) -> None:
+        self.refuse(name, *BAD[name])
+
+
+class SimClock:
+    """/clock, moved by hand."""
+
+    def __init__(self, r: Running, start: float):
+        self.r, self.t = r, start
+        self.pub = r.client.create_publisher(Clock, "/clock", 10)
+
+    def advance(self, dt: float = 0.0) -> bool:
+        """Publish sim time ``dt`` later; True once the node's clock shows it."""
+        self.t += dt
+        self.pub.publish(Clock(clock=rclpy.time.Time(nanoseconds=int(self.t * 1e9)).to_msg()))
+        return abs(self.r.node.get_clock().now().nanoseconds * 1e-9 - self.t) < 1e-6
+
+    def now(self) -> float:
+        """For :class:`Probe`: each observation one policy dt of sim time after the last."""
+        self.advance(0.1)
+        return self.t
+
+
+# -- one check per parameter -----------------------------------------------------------------

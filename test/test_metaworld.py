@@ -151,7 +151,8 @@ def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
     share = get_package_share_directory("bac_ros")
     params = yaml.safe_load(open(f"{share}/config/policy_metaworld.yaml"))["bac_policy"][
         "ros__parameters"]
-    params.update(checkpoint=str(ckpt), device="cpu", use_sim_time=True, replan_steps=1)
+    params.update(checkpoint=str(ckpt), device="cpu", use_sim_time=True, replan_steps=1,
+                  seam="none")
 
     rclpy.init()
     try:

@@ -236,7 +236,8 @@ def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
                                        Parameter("images", value=False),
                                        Parameter("n_action_steps", value=4)])
     node, executor, thread = start_policy_node({"checkpoint": str(lowdim_ckpt), "device": "cpu",
-                                                "use_sim_time": True, "replan_steps": 1})
+                                                "use_sim_time": True, "replan_steps": 1,
+                                                "seam": "none"})
     local = rclpy.executors.SingleThreadedExecutor()
     local.add_node(sim)
     try:

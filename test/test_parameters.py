@@ -7,19 +7,25 @@ SetParametersResult and the unchanged value. Observations carry identical conten
 fixed seed every chunk is the same: a change shows as an exact difference.
 """
 
+import itertools
 import math
 import re
 import threading
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from ros_helpers import JOINTS, Running, diag_values, to_sec
-from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image, JointState
+from ros_helpers import (
+    BAD,
+    BASE,
+    LAG,
+    RECONFIGURE,
+    Probe,
+    SimClock,
+    diag_values,
+)
 
 from bac_ros.models.backbone import TinyBackbone
 from bac_ros.models.normalizer import LinearNormalizer
@@ -27,124 +33,6 @@ from bac_ros.policy.build import new_rdt_checkpoint
 from bac_ros.policy.checkpoint import save_native
 
 pytestmark = pytest.mark.ros
-LAG = 1.0  # every observation is stamped this long ago (see the age checks)
-BASE = {"replan_steps": 1, "rate_hz": 0.0, "seed": 0, "max_obs_age": 5.0,
-        "action_low": [-10.0], "action_high": [10.0]}
-# One bad value per validated parameter, with words of the sentence refusing it.
-BAD = {
-    "action_high": ([math.nan], "are not ordered numbers"),
-    "action_low": ([20.0], "expected action_low <= action_high"),
-    "limit_mode": ("clamp", "expected clip or refuse"),
-    "max_obs_age": (0.0, "expected a positive number of seconds"),
-    "max_chunk_age": (-1.0, "expected 0 or a positive number of seconds"),
-    "seed": (-2, "expected -1 (fresh noise every chunk)"),
-    "rate_hz": (-1.0, "expected 0 (replan by frames) or a positive rate"),
-    "replan_steps": (-1, "expected 0 (the policy's n_action_steps, 4)"),
-    "instruction": ("stack the cups", "takes no instruction"),
-}
-RECONFIGURE = "is read at configure only; deactivate and clean up the node, set it, then configure"
-
-
-class Probe:
-    """Sends one observation at a time (same content every time) and waits for its outcome: a
-    chunk with its stamp, or a /diagnostics counter going up."""
-
-    def __init__(self, r: Running, now=None, size: int = 32):
-        self.r, self.last = r, -math.inf
-        self.now = now or (lambda: r.client.get_clock().now().nanoseconds * 1e-9 - LAG)
-        self.frame = np.random.default_rng(7).integers(0, 256, (size, size, 3), np.uint8)
-
-    def send(self) -> float:
-        """One observation, stamped now (LAG ago on the wall clock), at least one policy dt
-        (0.1 s) after the previous one: the node counts it as a new frame."""
-        t = self.now()
-        while t < self.last + 0.1:
-            self.r.spin(0.02)
-            t = self.now()
-        self.last = t
-        stamp = rclpy.time.Time(nanoseconds=int(round(t * 1e9))).to_msg()
-        js = JointState(name=JOINTS, position=[0.1, 0.2, 0.3])
-        js.header.stamp = stamp
-        self.r.js.publish(js)
-        self.r.spin(0.03)  # joints first: a camera frame needs a fresh joint state to count
-        h, w = self.frame.shape[:2]
-        img = Image(height=h, width=w, encoding="rgb8", step=3 * w, data=self.frame.tobytes())
-        img.header.stamp = stamp
-        self.r.img.publish(img)
-        return t
-
-    def stamps(self, chunks) -> list[float]:
-        return [round(to_sec(c.header.stamp), 6) for c in chunks]
-
-    def chunk(self, tries: int = 3):
-        """Send until a chunk answers the observation (a best-effort frame may be lost):
-        (stamp, actions (n_action_steps, action_dim), message)."""
-        for _ in range(tries):
-            t = round(self.send(), 6)
-            if self.r.spin(5, lambda t=t: t in self.stamps(self.r.chunks)):
-                msg = self.r.chunks[self.stamps(self.r.chunks).index(t)]
-                if self.r.node.get_parameter("publish_trajectory").value:  # it follows
-                    assert self.r.spin(5, lambda t=t: t in self.stamps(self.r.trajs))
-                return t, np.asarray(msg.actions, np.float32).reshape(
-                    msg.horizon, msg.action_dim), msg
-        raise AssertionError("no chunk answered the observation")
-
-    def counter(self, key: str) -> int:
-        return int(diag_values(self.r.diags[-1])[key]) if self.r.diags else 0
-
-    def dropped(self, key: str, tries: int = 3) -> float:
-        """Send until the /diagnostics counter ``key`` goes up; the observation's stamp."""
-        before = self.counter(key)
-        for _ in range(tries):
-            t = round(self.send(), 6)
-            if self.r.spin(5, lambda: self.counter(key) > before):
-                return t
-        raise AssertionError(f"diagnostic counter {key} stayed at {before}")
-
-    def said(self, words: str, since: int) -> bool:
-        """Some /diagnostics message from ``since`` on says ``words`` (waits for the next)."""
-        return self.r.spin(5, lambda: any(words in d.message for d in self.r.diags[since:]))
-
-    def assert_unanswered(self, t: float) -> None:
-        """No chunk carries stamp ``t``; call after a later chunk arrived (one FIFO topic)."""
-        assert t not in self.stamps(self.r.chunks)
-
-    def set(self, **values) -> None:
-        res = self.r.node.set_parameters_atomically(
-            [Parameter(k, value=v) for k, v in values.items()])
-        assert res.successful, res.reason
-
-    def refuse(self, name: str, value, words: str = "") -> str:
-        before = self.r.node.get_parameter(name).value
-        res = self.r.node.set_parameters([Parameter(name, value=value)])[0]
-        assert not res.successful and res.reason and words in res.reason, res.reason
-        assert self.r.node.get_parameter(name).value == before
-        return res.reason
-
-    def refuse_bad(self, name: str) -> None:
-        self.refuse(name, *BAD[name])
-
-
-class SimClock:
-    """/clock, moved by hand."""
-
-    def __init__(self, r: Running, start: float):
-        self.r, self.t = r, start
-        self.pub = r.client.create_publisher(Clock, "/clock", 10)
-
-    def advance(self, dt: float = 0.0) -> bool:
-        """Publish sim time ``dt`` later; True once the node's clock shows it."""
-        self.t += dt
-        self.pub.publish(Clock(clock=rclpy.time.Time(nanoseconds=int(self.t * 1e9)).to_msg()))
-        return abs(self.r.node.get_clock().now().nanoseconds * 1e-9 - self.t) < 1e-6
-
-    def now(self) -> float:
-        """For :class:`Probe`: each observation one policy dt of sim time after the last."""
-        self.advance(0.1)
-        return self.t
-
-
-# -- one check per parameter -----------------------------------------------------------------
 def check_action_high(p: Probe) -> None:
     _, base, _ = p.chunk()
     high = float(np.median(base))
@@ -227,6 +115,95 @@ def check_replan_steps(p: Probe) -> None:
     p.refuse_bad("replan_steps")
     p.set(replan_steps=1)
     p.chunk()
+
+
+def check_replan(p: Probe) -> None:
+    p.set(replan_steps=3)  # at_end: every third frame is answered (check_replan_steps)
+    p.set(replan="latency_aware")
+    # Each chunk is done LAG = 1 s after its observation: 10 frames, more than the 3 between
+    # chunks, so the next one is requested at once: every frame is answered.
+    p.chunk()
+    for _ in range(3):
+        t = round(p.send(), 6)
+        assert p.r.spin(10, lambda t=t: t in p.stamps(p.r.chunks))
+    assert p.r.spin(5, lambda: diag_values(p.r.diags[-1])["replan_interval_frames"] == "1")
+    assert float(diag_values(p.r.diags[-1])["chunk_age_ms_estimate"]) >= LAG * 1e3
+    p.refuse_bad("replan")
+    p.set(replan="at_end")
+    assert p.r.spin(5, lambda: diag_values(p.r.diags[-1])["replan_interval_frames"] == "3")
+    p.set(replan_steps=1)
+    p.chunk()
+
+
+_SIM_SESSIONS = itertools.count()
+
+
+def on_sim_time(check):
+    """Run ``check`` with the node on a hand-moved /clock that stands still while it infers:
+    every chunk is 0 s old, so none of a new chunk's actions is certain to run from the old
+    one (lead 0) and only the seam weights decide the overlap. ``plain`` is the chunk of the
+    (always identical) observation with seed 0 and no seam."""
+    def run(p: Probe) -> None:
+        clock = SimClock(p.r, 500.0 + 100 * next(_SIM_SESSIONS))  # stamps never repeat
+        p.set(use_sim_time=True)
+        assert p.r.spin(10, clock.advance)
+        wall, p.now, p.last = p.now, clock.now, -math.inf
+        p.chunk(wait=60)  # the first chunk on this clock measures its age: 0
+        check(p, p.chunk(wait=60)[1])
+        p.set(use_sim_time=False)
+        p.now = wall
+        p.chunk()
+    return run
+
+
+def _answer(p: Probe):
+    """The next chunk and its offset from the previous one (control steps between stamps)."""
+    before = p.stamps(p.r.chunks)[-1]
+    t, actions, _ = p.chunk(wait=60)
+    return actions, round((t - before) / 0.1)
+
+
+@on_sim_time
+def check_seam(p: Probe, plain: np.ndarray) -> None:
+    n = len(plain)
+    p.set(seam="inpaint", seam_weight=1.0)
+    inpainted, k = _answer(p)  # denoised toward the committed (plain) chunk where they overlap
+    np.testing.assert_allclose(inpainted[: n - k], plain[k:], rtol=0, atol=1e-5)
+    assert not np.allclose(inpainted[n - k:], plain[n - k:], atol=1e-3)  # a new sample beyond
+    p.set(seam="blend")
+    blended, k = _answer(p)  # plain sampling, then the overlap mixed in (weight 1: replaced)
+    np.testing.assert_array_equal(blended[: n - k], inpainted[k:])
+    np.testing.assert_array_equal(blended[n - k:], plain[n - k:])
+    p.refuse_bad("seam")
+    p.set(seam="none")
+    np.testing.assert_array_equal(p.chunk(wait=60)[1], plain)
+
+
+@on_sim_time
+def check_seam_weight(p: Probe, plain: np.ndarray) -> None:
+    n = len(plain)
+    p.set(seam="blend", seam_weight=0.0)  # no overlapping action is certain to run: no mixing
+    np.testing.assert_array_equal(_answer(p)[0], plain)
+    p.set(seam_weight=0.5)
+    got, k = _answer(p)  # committed: plain; action j gets weight 0.5 ** (j + 1)
+    w = 0.5 ** np.arange(1, n - k + 1, dtype=np.float32)[:, None]
+    want = plain.copy()
+    want[: n - k] = (1 - w) * plain[: n - k] + w * plain[k:]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    p.refuse_bad("seam_weight")
+    p.set(seam="none", seam_weight=0.5)
+
+
+@on_sim_time
+def check_warm_start(p: Probe, plain: np.ndarray) -> None:
+    p.set(warm_start=0.5)  # 5 of the 10 steps skipped, from the committed chunk re-noised
+    warm = _answer(p)[0]
+    assert not np.allclose(warm, plain, atol=1e-3)
+    p.set(warm_start=0.0)
+    np.testing.assert_array_equal(p.chunk(wait=60)[1], plain)
+    p.refuse_bad("warm_start")
+    p.set(warm_start=-1.0)  # as the schedule says: full compute names no warm start
+    np.testing.assert_array_equal(p.chunk(wait=60)[1], plain)
 
 
 def check_publish_trajectory(p: Probe) -> None:
@@ -312,6 +289,7 @@ CHECKS = {
     "seed": check_seed,
     "rate_hz": check_rate_hz,
     "replan_steps": check_replan_steps,
+    "replan": check_replan,
     "publish_trajectory": check_publish_trajectory,
     "max_obs_age": check_max_obs_age,
     "max_chunk_age": check_max_chunk_age,
@@ -323,6 +301,9 @@ CHECKS = {
     # read-only (autostart: ours, start_type_description_service: rclpy's)
     **{name: refused_while_configured(name, False, "read-only")
        for name in ("autostart", "start_type_description_service")},
+    "seam": check_seam,  # these three run on a clock of their own
+    "seam_weight": check_seam_weight,
+    "warm_start": check_warm_start,
     "use_sim_time": check_use_sim_time,  # last: it moves the clock
 }
 
@@ -400,7 +381,7 @@ def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_
     GATE.clear()
     ENTERED.clear()
     r = running({"checkpoint": str(gated_vla), "use_sim_time": True, "replan_steps": 1,
-                 "max_obs_age": 0.5, "seed": 0})
+                 "max_obs_age": 0.5, "seed": 0, "seam": "none"})
     clock = SimClock(r, 100.0)
     r.wait_connected()
     assert r.spin(10, clock.advance)

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_fl
 
 from bac_ros.cache.adapters import BlockAdapter, adapter_for
 from bac_ros.cache.blocks import Block, BlockCache, Recorder, checked_plan
-from bac_ros.cache.schedulers import StepTable
+from bac_ros.cache.schedulers import StepTable, noise_levels
 
 _SDPA_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 if _SDPA_CPU.default not in flop_registry and _SDPA_CPU not in flop_registry:
@@ -72,6 +72,7 @@ class DenoisingEngine:
         self.cache = BlockCache(self.adapter.bind(model)).attach()
         scheduler.set_timesteps(num_inference_steps)
         self.timesteps = scheduler.timesteps.clone()
+        self.levels = noise_levels(scheduler, self.timesteps)
         self._timesteps_dev: torch.Tensor | None = None
         self.fast = fast
         self.table = StepTable.from_scheduler(scheduler) if fast else None
@@ -119,16 +120,38 @@ class DenoisingEngine:
         recorder: Recorder | None = None,
         condition_data: torch.Tensor | None = None,
         condition_mask: torch.Tensor | None = None,
+        noised_condition: torch.Tensor | None = None,
+        init: torch.Tensor | None = None,
+        start_step: int = 0,
     ) -> torch.Tensor:
         """Denoise from Gaussian noise to a (B, T, D) sample; ``cond`` is the model's condition.
 
-        ``condition_data``/``condition_mask`` inpaint known entries before every step (Chi et
-        al.'s convention for policies that put observations in the trajectory).
+        ``condition_data``/``condition_mask`` inpaint known entries before every step and after
+        the last. A boolean mask replaces them (Chi et al.'s convention for policies that put
+        observations in the trajectory); a float mask in [0, 1] blends, ``x <- lerp(x, data,
+        w)``, exact at 0 and 1 (soft weights over a seam, as real-time chunking uses). Entries
+        where ``noised_condition`` is true are first noised to the level of the step (``a_k *
+        data + b_k * fresh noise``): a clean target inpainted into a noisy sample must carry
+        that step's noise (RePaint), while Chi et al.'s observations go in as they are.
+
+        Warm start: with ``start_step`` s > 0 sampling starts from ``init`` (a clean estimate,
+        e.g. the previous chunk shifted) noised to the level of step s and runs steps s..K-1;
+        under a plan every block updates at step s, since nothing is cached yet. With s = 0
+        ``init`` is not read: plain sampling, bit for bit.
         """
         device = self._device()
         dtype = next(self.model.parameters()).dtype
         if plan is not None:
             checked_plan(plan, len(self.blocks), self.num_steps)
+        start = int(start_step)
+        if not 0 <= start < self.num_steps:
+            raise ValueError(f"start_step is {start_step}; expected 0 .. {self.num_steps - 1} "
+                             "(steps skipped by a warm start)")
+        if start and (init is None or tuple(init.shape) != tuple(shape)):
+            raise ValueError(f"a warm start at step {start} needs init of shape {tuple(shape)}")
+        if start and plan is not None:
+            plan = np.array(plan, dtype=bool)
+            plan[start] = True
         self.cache.attach().reset(plan)
         self.cache.recorder = recorder
         fast_step = self.table is not None
@@ -141,19 +164,41 @@ class DenoisingEngine:
             noise = None
         else:
             x, noise = torch.randn(shape, generator=generator), None
+        cond_noise = None
+        if noised_condition is not None:  # drawn after the sampler's noise, which stays as is
+            cond_noise = torch.randn((self.num_steps, *shape), generator=generator)
+            cond_noise = cond_noise.to(device, dtype)
+            noised_condition = noised_condition.to(device)
+        if condition_mask is not None and condition_mask.dtype != torch.bool:
+            condition_mask = condition_mask.to(device, dtype)
         x = x.to(device, dtype)
+        if start:
+            a, b = self.levels[start]
+            x = a * init.to(device, dtype) + b * x
         if cond is not None:
             cond = cond.to(device, dtype)
         try:
             graphable = recorder is None and self.cache.wrapper is None
             if self.graphs is not None and fast_step and graphable and device.type == "cuda":
-                return self.graphs.run(self, cond, x, noise, plan, condition_data, condition_mask)
-            return self._loop(cond, x, noise, condition_data, condition_mask, generator)
+                return self.graphs.run(self, cond, x, noise, plan, condition_data, condition_mask,
+                                       (noised_condition, cond_noise), start)
+            return self._loop(cond, x, noise, condition_data, condition_mask, generator,
+                              noised_condition, cond_noise, start)
         finally:
             self.cache.recorder = None
 
-    def _loop(self, cond, x, noise, condition_data, condition_mask, generator=None):
-        """The K steps; with the fast update it is a fixed op sequence (graph-capturable)."""
+    def _inpaint(self, k, x, data, mask, noised, cond_noise):
+        """Put the known entries into x at the level of step k (k = K: the clean sample)."""
+        if noised is not None and k < self.num_steps:
+            a, b = self.levels[k]
+            data = torch.where(noised, a * data + b * cond_noise[k], data)
+        if mask.dtype == torch.bool:
+            return torch.where(mask, data, x)
+        return torch.lerp(x, data, mask)
+
+    def _loop(self, cond, x, noise, condition_data, condition_mask, generator=None,
+              noised=None, cond_noise=None, start=0):
+        """Steps start..K-1; with the fast update a fixed op sequence (graph-capturable)."""
         device = x.device
         if self._timesteps_dev is None or self._timesteps_dev.device != device:
             self._timesteps_dev = self.timesteps.to(device)  # never copied inside a graph capture
@@ -164,17 +209,18 @@ class DenoisingEngine:
         if self.table is None:  # multistep solvers keep per-run state (step index, history)
             self.scheduler.set_timesteps(self.num_steps)
         inpaint = condition_mask is not None
-        for k in range(self.num_steps):
+        for k in range(start, self.num_steps):
             self.cache.step = k
             if inpaint:
-                x = torch.where(condition_mask, condition_data, x)
+                x = self._inpaint(k, x, condition_data, condition_mask, noised, cond_noise)
             out = step(x, k, context) if stepwise else model(x, timesteps[k], cond)
             if self.table is not None:
                 x = self.table.step(k, out, x, None if noise is None else noise[k])
             else:
                 x = self.scheduler.step(out, self.timesteps[k], x, generator=generator).prev_sample
         if inpaint:
-            x = torch.where(condition_mask, condition_data, x)
+            x = self._inpaint(self.num_steps, x, condition_data, condition_mask, noised,
+                              cond_noise)
         return x
 
     def measure_flops(
@@ -229,9 +275,10 @@ class CudaGraphs:
         shapes = tuple(None if t is None else (tuple(t.shape), t.dtype) for t in tensors)
         return plan_key, shapes
 
-    def run(self, engine: DenoisingEngine, cond, x, noise, plan, data, mask) -> torch.Tensor:
-        inputs = (cond, x, noise, data, mask)
-        key = self._key(plan, *inputs)
+    def run(self, engine: DenoisingEngine, cond, x, noise, plan, data, mask, seam=(None, None),
+            start: int = 0) -> torch.Tensor:
+        inputs = (cond, x, noise, data, mask, *seam)
+        key = (self._key(plan, *inputs), start)
         entry = self._graphs.get(key)
         if entry is None:
             if len(self._graphs) >= self.max_graphs:
@@ -242,12 +289,12 @@ class CudaGraphs:
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm up kernels and allocator outside the capture
                     engine.cache.reset(plan)
-                    engine._loop(*static)
+                    engine._loop(*static[:5], None, *static[5:], start)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             engine.cache.reset(plan)
             with torch.cuda.graph(graph):
-                out = engine._loop(*static)
+                out = engine._loop(*static[:5], None, *static[5:], start)
             entry = self._graphs[key] = (graph, static, out)
         graph, static, out = entry
         for dst, src in zip(static, inputs):

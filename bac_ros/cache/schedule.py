@@ -63,6 +63,12 @@ class Schedule:
         return int(self.sampler["num_inference_steps"])
 
     @property
+    def warm_start(self) -> int:
+        """Denoising steps a warm start from the previous chunk skips (sampler section
+        ``warm_start: {skip: N}``; 0 when the file names none)."""
+        return int((self.sampler.get("warm_start") or {}).get("skip", 0))
+
+    @property
     def id(self) -> str:
         """Short content hash: what the policy node reports as its schedule id."""
         body = json.dumps([self.fingerprint, self.sampler, self.steps], sort_keys=True)
@@ -149,6 +155,14 @@ class Schedule:
                 f"{path} lacks a required field or has a malformed one ({e!r}); expected model."
                 "fingerprint, sampler.type, sampler.num_inference_steps and blocks"
             ) from None
+        warm = sched.sampler.get("warm_start")
+        if warm is not None and not (
+                isinstance(warm, dict) and set(warm) == {"skip"} and type(warm["skip"]) is int
+                and 0 <= warm["skip"] < K):
+            raise ScheduleError(
+                f"{path}: sampler.warm_start is {warm!r}; expected {{skip: N}} with N the "
+                f"denoising steps a warm start skips, 0 <= N < {K}"
+            )
         for name, steps in sched.steps.items():
             if not steps or steps != sorted(set(steps)) or steps[0] != 0 or steps[-1] >= K:
                 raise ScheduleError(

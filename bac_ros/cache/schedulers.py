@@ -142,3 +142,16 @@ class StepTable:
         cols = torch.tensor([[float(v) for v in r] for r in rows], dtype=torch.float32).T
         clip = float(cfg.clip_sample_range) if cfg.clip_sample else None
         return cls(*(c.tolist() for c in cols), clip=clip)
+
+
+def noise_levels(scheduler, timesteps) -> list[tuple[float, float]]:
+    """``(a_k, b_k)`` per step, such that the sample entering step k is ``a_k * x0 + b_k * noise``
+    (how a clean target is noised to the level the sampler is at: inpainting, warm starts).
+
+    Variance-preserving schedulers (DDPM, DDIM, DPM-Solver) read ``alphas_cumprod`` at each
+    timestep; flow matching interpolates, ``x = (1 - sigma) x0 + sigma noise``."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        sigmas = [float(s) for s in scheduler.sigmas[: len(timesteps)]]
+        return [(1.0 - s, s) for s in sigmas]
+    acp = scheduler.alphas_cumprod
+    return [(float(acp[int(t)]) ** 0.5, float(1 - acp[int(t)]) ** 0.5) for t in timesteps]

@@ -3,14 +3,17 @@
 1. record the task driven by its expert into a rosbag2 (rosbags writer),
 2. compile a BAC schedule from that bag (the profiler reads the policy node's observations),
 3. run sim_node and policy_node as two processes, in real time at 10 Hz, once with full
-   compute and once with the BAC schedule, on the same episode seeds,
-4. print one table: success, model latency, speedup, achieved chunk rate.
+   compute and once with the BAC schedule, on the same episode seeds, with the policy node's
+   default real-time execution (config/policy.yaml: replan, seam, seam_weight, warm_start),
+4. print one table: success, model latency, speedup, achieved chunk rate, the share of control
+   ticks without a fresh action, and the median seam jump.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,12 +89,19 @@ def main(argv=None) -> int:
                               args.out / f"policy_{i}.log")
     full, bac = rows["full"], rows["BAC S=10 k=5"]
     speed = full["mean_inference_ms"] / bac["mean_inference_ms"]
-    print(f"\n{'method':<14}{'success':>10}{'latency ms':>12}{'speedup':>9}{'chunks/s':>10}")
+    params = yaml.safe_load((SHARE / "config/policy.yaml").read_text())
+    params = params["bac_policy"]["ros__parameters"]
+    print("\nreal-time execution (config/policy.yaml): " + ", ".join(
+        f"{k} {params[k]}" for k in ("replan", "seam", "seam_weight", "warm_start")))
+    print(f"{'method':<14}{'success':>10}{'latency ms':>12}{'speedup':>9}{'chunks/s':>10}"
+          f"{'holds':>8}{'seam jump':>11}")
     for name, r in rows.items():
+        jump = r["seam_jump_median"]
         print(f"{name:<14}{r['successes'] / r['episodes']:>10.0%}"
               f"{r['mean_inference_ms']:>12.1f}"
               f"{full['mean_inference_ms'] / r['mean_inference_ms']:>8.1f}x"
-              f"{r['chunk_rate_hz']:>10.1f}")
+              f"{r['chunk_rate_hz']:>10.1f}{r['hold_share']:>8.0%}"
+              f"{math.nan if jump is None else jump:>11.3f}")
     last = args.seed + args.episodes - 1
     print(f"(real time at 10 Hz on this machine, seeds {args.seed}..{last}, "
           f"{time.perf_counter() - t0:.0f} s in all)")

@@ -3,7 +3,9 @@
 configure loads and validates the checkpoint and schedule (a failure leaves the node
 unconfigured, alive, ready for another try); activate starts inference. Subscriptions only store
 the newest message, and each camera frame (at most one per dt) extends the observation history;
-inference runs on its own thread, at ``rate_hz`` or (0) every ``replan_steps`` new frames.
+inference runs on its own thread, at ``rate_hz`` or (0) by frames: with ``replan: at_end`` every
+``replan_steps`` new frames, with ``latency_aware`` early enough that the chunk arrives before the
+current one runs out; ``seam`` joins it to the chunk being executed (bac_ros/policy/realtime.py).
 Nothing non-finite, outside the action limits or older than ``max_chunk_age`` is ever published.
 
 Every parameter is live (validated by the same function as at configure, then in force from the
@@ -41,6 +43,7 @@ from bac_ros.io.observer import (
 from bac_ros.msg import ActionChunk
 from bac_ros.nodes.settings import LiveSettings, live_settings
 from bac_ros.nodes.topics import subscribe_observations
+from bac_ros.policy.realtime import Replanner, blended, continuation
 
 # name: (default, when a change takes effect, description). LIVE: from the next chunk on,
 # after validation; CONFIGURE: read at configure, refused while configured (a reconfigure is
@@ -56,6 +59,22 @@ PARAMETERS = {
     "rate_hz": (0.0, LIVE, "inference rate; 0 = every replan_steps new observation frames"),
     "replan_steps": (0, LIVE, "with rate_hz 0: frames between chunks (0 = the policy's "
                               "n_action_steps, as it was trained to execute)"),
+    "replan": ("latency_aware", LIVE,
+               "with rate_hz 0: at_end requests the next chunk when the current one's last "
+               "action is due (every replan_steps frames); latency_aware as many frames earlier "
+               "as chunks take to arrive (a high quantile of their recent ages, per schedule), "
+               "so the robot does not run out of actions"),
+    "seam": ("inpaint", LIVE,
+             "how a new chunk joins the one being executed: none; inpaint (its denoising is "
+             "guided toward the overlapping committed actions); blend (mixed with them after "
+             "sampling)"),
+    "seam_weight": (0.5, LIVE,
+                    "seam weight of the first overlapping action not certain to run (those that "
+                    "are get 1); each later one gets this factor again; 1: the whole overlap "
+                    "follows the committed chunk, 0: only the actions that will run"),
+    "warm_start": (-1.0, LIVE,
+                   "fraction of denoising steps skipped by starting from the committed chunk, "
+                   "shifted and re-noised (0: off; -1: as the schedule file says)"),
     "joint_names": (["joint1", "joint2", "joint3"], CONFIGURE,
                     "joints read from joint_states, in the policy's order; also the action names"),
     "action_low": ([-math.inf], LIVE,
@@ -149,7 +168,8 @@ class PolicyNode(LifecycleNode):
         # What stays fixed until the next configure (live values are read from self.settings).
         self.params = {k: v for k, v in p.items() if PARAMETERS[k][1] != LIVE}
         self.policy, self.settings = policy, settings
-        self._frames_since = settings.replan_steps  # the first frame gets a chunk at once
+        self.replanner = Replanner(policy.dt)  # the first frame gets a chunk at once
+        self._committed: tuple[float, np.ndarray] | None = None  # last published (stamp, chunk)
         self.assembler = ObservationAssembler([s.key for s in sources], policy.n_obs_steps,
                                               policy.dt, settings.max_obs_age,
                                               primary_key(policy.obs_spec))
@@ -249,7 +269,9 @@ class PolicyNode(LifecycleNode):
             jump, self._last_now = self._last_now - now, now
             if jump > 0.01:
                 self.assembler.clear()
-                self._frames_since = self.settings.replan_steps
+                self.replanner.restart()
+                self.replanner.reset_latency()
+                self._committed = None
         if jump > 0.01:
             self._warn("clock", f"clock jumped back {jump:.3f} s; observation history cleared")
         return now
@@ -273,9 +295,9 @@ class PolicyNode(LifecycleNode):
             self._warn(source.topic, f"rejected {source.topic} message: {why}")
             return
         if new_frame and s.rate_hz <= 0:
-            self._frames_since += 1
-            if self._frames_since >= s.replan_steps:
-                self._frames_since = 0
+            with self.lock:
+                due = self.replanner.due(s.execution.replan, s.replan_steps)
+            if due:
                 self._request_inference()
 
     # -- inference ---------------------------------------------------------------------------
@@ -312,6 +334,7 @@ class PolicyNode(LifecycleNode):
             received = self._received
             stale = self.assembler.stale_keys(now)
             policy, s = self.policy, self.settings
+            committed, lead = self._committed, self.replanner.lead(s.replan_steps)
         if stale or now - stamp > s.max_obs_age:
             self.stats["stale"] += 1
             self._warn("stale", f"no chunk: observation {stale or 'history'} older than "
@@ -319,12 +342,14 @@ class PolicyNode(LifecycleNode):
             return
         t0 = time.perf_counter()
         try:
-            actions = policy.predict(window, seed=s.seed)
+            actions = policy.predict(window, seed=s.seed, **continuation(
+                s.execution, committed, stamp, policy.dt, lead, policy))
         except Exception as e:  # a bad observation must cost a chunk, never the node
             self.stats["unsafe"] += 1
             self._warn("predict", f"no chunk: inference failed ({e})")
             return
         latency = time.perf_counter() - t0
+        actions = blended(s.execution, committed, stamp, policy.dt, lead, actions)
         # The output is checked against the settings in force now, not those at the start: a
         # limit lowered while this chunk was computed already applies to it.
         out = self.settings
@@ -377,6 +402,8 @@ class PolicyNode(LifecycleNode):
         # The age check is the last thing before sending: inference may have stalled for
         # seconds (CPU load), and the observation's age was only checked when it started.
         age = self._now() - stamp
+        with self.lock:
+            self.replanner.add_age(age)  # what the executor waits for, published or not
         if age > s.max_chunk_age:
             self.stats["late"] += 1
             self._warn("late", f"no chunk: it was ready {age:.3f} s after its observation, "
@@ -385,6 +412,8 @@ class PolicyNode(LifecycleNode):
         chunk_pub.publish(msg)
         if traj is not None:
             traj_pub.publish(traj)
+        with self.lock:
+            self._committed = (stamp, actions)
         self.stats["chunks"] += 1
         self.latencies.append(latency)
         # Node overhead: newest observation received -> chunk published, minus model time.
@@ -409,6 +438,9 @@ class PolicyNode(LifecycleNode):
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and \
             times[-1] > times[0] else 0.0
         plan = self.policy.plan
+        with self.lock:
+            age = self.replanner.latency()
+            interval = self.replanner.interval(s.execution.replan, s.replan_steps)
         values = {
             "latency_ms_mean": f"{np.mean(self.latencies) * 1e3:.2f}" if self.latencies else "",
             "overhead_ms_median": (f"{np.median(self.overheads) * 1e3:.3f}" if self.overheads
@@ -418,6 +450,8 @@ class PolicyNode(LifecycleNode):
             "schedule_id": self.policy.schedule_id,
             "stale_inputs": ",".join(stale),
             "max_chunk_age": f"{s.max_chunk_age:g}",
+            "chunk_age_ms_estimate": "" if age is None else f"{age * 1e3:.1f}",
+            "replan_interval_frames": str(interval),
             **{k: str(v) for k, v in self.stats.items()},
         }
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
@@ -455,11 +489,16 @@ class PolicyNode(LifecycleNode):
         if schedule is not None:  # last: everything else in this change is valid
             # On the inference thread: a swap never lands in the middle of a chunk. A
             # schedule file brings its sampler; '' = full compute, the checkpoint's sampler.
-            try:
+            def swap():
                 if schedule:
-                    self._torch.submit(self.policy.set_schedule, schedule).result()
+                    self.policy.set_schedule(schedule)
                 else:
-                    self._torch.submit(self.policy.use_trained_sampler).result()
+                    self.policy.use_trained_sampler()
+                with self.lock:  # the new schedule runs at its own speed: measure it afresh
+                    self.replanner.reset_latency()
+
+            try:
+                self._torch.submit(swap).result()
             except Exception as e:
                 return SetParametersResult(successful=False, reason=str(e))
             self.get_logger().info(f"schedule now {self.policy.schedule_id or 'full compute'}")

@@ -7,7 +7,9 @@ the Sawyer's seven joints ``right_j0..6`` with their positions read from the MuJ
 ``publish_clock``, ``/clock``; executes ``action_chunk`` messages (arm: joint targets;
 Meta-World: end-effector delta xyz + gripper); publishes one ``episode_result`` per episode.
 Actions are read by time: action k of a chunk stamped s is meant for time s + k*dt, so actions
-whose time has passed are skipped.
+whose time has passed are skipped, and a chunk that arrives while another runs takes over at
+the action for the current time. The summary counts the ticks without a fresh action (holds)
+and each seam's jump (|first action of a new chunk - the one it replaced|).
 
 * ``realtime``: the world steps at the control rate in wall-clock time whether or not a fresh
   chunk has arrived (a slow policy acts on stale chunks, or holds).
@@ -88,6 +90,8 @@ class SimNode(Node):
         self.inference_times: list[float] = []
         self.chunk_arrivals: list[float] = []
         self.chunk: tuple[float, np.ndarray] | None = None
+        self.ticks = self.holds = 0
+        self.seam_jumps: list[float] = []
         self.sim_time = 1000.0
         self.episode = -1
         self.finished = False
@@ -106,6 +110,7 @@ class SimNode(Node):
         self.seed = self.p["seed"] + self.episode
         self.obs = self.env.reset(self.seed)
         self.chunk, self.executed, self.chunks_used = None, 0, 0
+        self.running: tuple[float, np.ndarray] | None = None  # the chunk the last tick ran
         self.waiting_since, self.republished = time.monotonic(), 0.0
         self.obs_stamp = self._publish_obs()
 
@@ -153,13 +158,27 @@ class SimNode(Node):
         if self.chunk is None or stamp >= self.chunk[0]:
             self.chunk = (stamp, actions)
 
-    def _action_now(self) -> np.ndarray | None:
-        """The chunk action meant for the current time; None if there is none (hold)."""
-        if self.chunk is None:
+    def _action_now(self, chunk=None) -> np.ndarray | None:
+        """The action of ``chunk`` (default: the newest) meant for the current time; None if
+        it has none (hold)."""
+        chunk = chunk or self.chunk
+        if chunk is None:
             return None
-        stamp, actions = self.chunk
+        stamp, actions = chunk
         k = int(round((self.obs_stamp - stamp) / self.dt))
         return actions[k] if 0 <= k < len(actions) else None
+
+    def _count(self, action: np.ndarray | None) -> None:
+        """Tally a tick: a hold, or a seam when a new chunk takes over from another."""
+        self.ticks += 1
+        if action is None:
+            self.holds += 1
+            return
+        if self.running is not None and self.running[0] != self.chunk[0]:
+            before = self._action_now(self.running)
+            before = self.env.hold_action() if before is None else before
+            self.seam_jumps.append(float(np.linalg.norm(action - before)))
+        self.running = self.chunk
 
     def _tick(self) -> None:
         if self.finished:
@@ -180,6 +199,7 @@ class SimNode(Node):
             self.executed = (self.executed + 1) % self.p["n_action_steps"]
         else:
             action = self._action_now()
+        self._count(action)
         target = action if action is not None else self.env.hold_action()
         self.obs, done, info = self.env.step(target)
         self.sim_time += self.dt
@@ -218,6 +238,8 @@ def main(args=None) -> int:
             if node.inference_times else None,
             "chunk_rate_hz": (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
             if len(arrivals) > 1 else 0.0,
+            "hold_share": node.holds / max(1, node.ticks),
+            "seam_jump_median": float(np.median(node.seam_jumps)) if node.seam_jumps else None,
             "results": node.results,
         }
         print(json.dumps(summary), flush=True)

@@ -63,6 +63,7 @@ class Sampling:
     plan: np.ndarray | None = None
     schedule: Schedule | None = None
     schedule_id: str = ""
+    warm_start: int = 0  # denoising steps a warm start from the previous chunk skips (0: none)
 
     @property
     def sampler(self) -> dict:
@@ -70,12 +71,13 @@ class Sampling:
                 "num_inference_steps": self.num_inference_steps}
 
     def with_plan(self, plan: np.ndarray | None, schedule_id: str = "",
-                  schedule: Schedule | None = None) -> Sampling:
+                  schedule: Schedule | None = None, warm_start: int = 0) -> Sampling:
         """This sampler under ``plan`` (None: full compute), checked against its engine."""
         if plan is not None:
             plan = checked_plan(plan, len(self.engine.blocks), self.num_inference_steps).copy()
             plan.flags.writeable = False
-        return replace(self, plan=plan, schedule=schedule, schedule_id=schedule_id)
+        return replace(self, plan=plan, schedule=schedule, schedule_id=schedule_id,
+                       warm_start=int(warm_start))
 
 
 @register_policy("dpt_lowdim", "dpt_image")
@@ -189,6 +191,11 @@ class Policy:
     def schedule_id(self) -> str:
         return self._sampling.schedule_id
 
+    @property
+    def warm_start(self) -> int:
+        """Denoising steps the active schedule's warm start skips (0: none)."""
+        return self._sampling.warm_start
+
     def _sampler(self, scheduler: dict | str, num_inference_steps: int) -> Sampling:
         """Full compute with a scheduler (a config, or a type name that keeps the training noise
         schedule) and step count, as a :class:`Sampling`; engines are kept per sampler."""
@@ -259,7 +266,7 @@ class Policy:
             raise ScheduleError(
                 f"schedule asks for sampler {sched.sampler}, which cannot be built here ({e})"
             ) from None
-        self._sampling = current.with_plan(plan, sched.id, sched)
+        self._sampling = current.with_plan(plan, sched.id, sched, sched.warm_start)
 
     # -- observations ----------------------------------------------------------------------
     def _obs_tensor(self, key: str, value, batched: bool) -> torch.Tensor:
@@ -307,36 +314,119 @@ class Policy:
                 return self.obs_encoder(flat).reshape(B, self.n_obs_steps, -1)
             return torch.cat([v.reshape(B, self.n_obs_steps, -1) for v in nobs.values()], -1)
 
-    def _sample(self, feats: torch.Tensor, generator, plan, recorder=None) -> torch.Tensor:
+    def _sample(self, feats: torch.Tensor, generator, plan, recorder=None,
+                continuation=None) -> torch.Tensor:
         B, Da = feats.shape[0], self.action_dim
         if self.obs_as_cond:
-            return self.engine.sample(feats, (B, self.horizon, Da), generator, plan, recorder)
+            shape = (B, self.horizon, Da)
+            return self.engine.sample(feats, shape, generator, plan, recorder,
+                                      **self._seam_inputs(shape, continuation))
         Do = feats.shape[-1]
-        data = torch.zeros(B, self.horizon, Da + Do, device=self.device, dtype=self.dtype)
-        mask = torch.zeros_like(data, dtype=torch.bool)
+        shape = (B, self.horizon, Da + Do)
+        seam = self._seam_inputs(shape, continuation)
+        data = seam.pop("condition_data", None)
+        if data is None:
+            data = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        mask = seam.pop("condition_mask", torch.zeros(shape, device=self.device, dtype=torch.bool))
         data[:, : self.n_obs_steps, Da:] = feats.to(self.dtype)
-        mask[:, : self.n_obs_steps, Da:] = True
-        return self.engine.sample(None, data.shape, generator, plan, recorder, data, mask)
+        mask[:, : self.n_obs_steps, Da:] = True  # weight 1 where the mask is a float one
+        return self.engine.sample(None, data.shape, generator, plan, recorder, data, mask, **seam)
+
+    def _continuation(self, committed, offset: int, weights, warm_start: int | None,
+                      batch: int) -> tuple | None:
+        """The chunk being executed as sampler inputs: trajectory position p of the new sample
+        is the action for committed index ``p - action_offset + offset``. Returns the
+        normalised committed actions at every position (edge-padded: a warm start's clean
+        estimate), their inpainting weight per position (0 off the overlap), and the steps a
+        warm start skips; None when there is nothing to join."""
+        skip = self.warm_start if warm_start is None else int(warm_start)
+        if not 0 <= skip < self.num_inference_steps:
+            raise ValueError(f"warm_start is {skip} steps; expected 0 .. "
+                             f"{self.num_inference_steps - 1} (the sampler runs "
+                             f"{self.num_inference_steps})")
+        a = np.asarray(committed, dtype=np.float32)
+        a = a if a.ndim == 3 else a[None]
+        if a.ndim != 3 or a.shape[0] not in (1, batch) or a.shape[2] != self.action_dim or \
+                a.shape[1] == 0 or not np.isfinite(a).all():
+            raise ValueError(f"committed actions have shape {np.shape(committed)}; expected "
+                             f"finite (n, {self.action_dim}) actions, or (B, n, "
+                             f"{self.action_dim}) for a batch")
+        n = a.shape[1]
+        w = np.ones(n, np.float32) if weights is None else np.asarray(weights, np.float32)
+        if w.shape[-1] != n or w.ndim > 2 or not ((w >= 0) & (w <= 1)).all():
+            raise ValueError(f"committed weights have shape {w.shape}; expected {n} weights in "
+                             "[0, 1] (one per committed action)")
+        if int(offset) != offset or offset < 0:
+            raise ValueError(f"committed offset is {offset}; expected the non-negative number "
+                             "of control steps from the committed chunk's stamp to this one")
+        index = np.arange(self.horizon) - self.action_offset + int(offset)
+        inside = (index >= 0) & (index < n)
+        if not inside.any():
+            return None
+        index = np.clip(index, 0, n - 1)
+        w = np.broadcast_to(w if w.ndim == 2 else w[None], (batch, n))[:, index] * inside
+        if skip == 0 and not w.any():
+            return None
+        with torch.inference_mode():
+            prior = self.normalizer.normalize("action", torch.as_tensor(a[:, index]).to(
+                self.device)).expand(batch, -1, -1)
+        return prior, torch.as_tensor(w, device=self.device), skip
+
+    def _seam_inputs(self, shape: tuple[int, ...], continuation) -> dict:
+        """Engine arguments for a continuation over the action channels of a sample of
+        ``shape``: the committed actions inpainted (noised to each step's level, soft weights)
+        and, with a warm start, the initial estimate and the step to start from."""
+        if continuation is None:
+            return {}
+        prior, w, skip = continuation
+        Da, out = self.action_dim, {}
+        full = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        full[..., :Da] = prior.to(self.dtype)
+        if w.any():
+            mask = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            mask[..., :Da] = w[..., None].to(self.dtype)
+            noised = torch.zeros(shape, device=self.device, dtype=torch.bool)
+            noised[..., :Da] = True
+            out.update(condition_data=full.clone(), condition_mask=mask, noised_condition=noised)
+        if skip:
+            out.update(init=full, start_step=skip)
+        return out
 
     def predict_horizon(self, obs: Mapping[str, np.ndarray], seed: int | None = None,
-                        generator: Generators = None,
-                        batched: bool = False) -> np.ndarray:
+                        generator: Generators = None, batched: bool = False,
+                        committed: np.ndarray | None = None, committed_offset: int = 0,
+                        committed_weights: np.ndarray | None = None,
+                        warm_start: int | None = None) -> np.ndarray:
         """All ``horizon`` predicted actions, unnormalised: (horizon, Da) or (B, horizon, Da).
-
-        ``generator`` may be a list with one generator per batch row (see ``draw_noise``)."""
+        The continuation arguments are :meth:`predict`'s."""
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(seed)
         feats = self.conditions(obs, batched)
-        nsample = self._sample(feats, generator, self.plan)
+        cont = None if committed is None else self._continuation(
+            committed, committed_offset, committed_weights, warm_start, feats.shape[0])
+        nsample = self._sample(feats, generator, self.plan, continuation=cont)
         with torch.inference_mode():
             actions = self.normalizer.unnormalize("action", nsample[..., : self.action_dim].float())
         out = actions.cpu().numpy().astype(np.float32)
         return out if batched else out[0]
 
     def predict(self, obs: Mapping[str, np.ndarray], seed: int | None = None,
-                generator: Generators = None, batched: bool = False) -> np.ndarray:
-        """The executable chunk: (n_action_steps, action_dim), or with a leading batch axis."""
-        pred = self.predict_horizon(obs, seed, generator, batched)
+                generator: Generators = None, batched: bool = False,
+                committed: np.ndarray | None = None, committed_offset: int = 0,
+                committed_weights: np.ndarray | None = None,
+                warm_start: int | None = None) -> np.ndarray:
+        """The executable chunk: (n_action_steps, action_dim), or with a leading batch axis.
+
+        Real-time chunking: ``committed`` is the chunk the robot is executing ((n, Da), or
+        (B, n, Da)), stamped ``committed_offset`` control steps before this observation, so
+        its action ``committed_offset + j`` is meant for the time of this chunk's action j.
+        Where they overlap, the new sample is inpainted toward it during denoising with
+        ``committed_weights`` (one per committed action in [0, 1]; default 1: follow it
+        exactly), so the seam does not jump. ``warm_start`` (steps skipped; None: the
+        schedule's own) starts sampling from the committed actions shifted and re-noised
+        instead of pure noise (0: plain sampling)."""
+        pred = self.predict_horizon(obs, seed, generator, batched, committed, committed_offset,
+                                    committed_weights, warm_start)
         s = self.action_offset
         return pred[..., s : s + self.n_action_steps, :]
 

@@ -1,10 +1,13 @@
 """Latency measured side by side: every configuration runs once per round, in turn, so that a
-busy machine slows all of them alike and their ratios stay meaningful."""
+busy machine slows all of them alike and their ratios stay meaningful. Also a reproducible CPU
+load to measure under."""
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -25,3 +28,30 @@ def time_interleaved(policy, setups: Mapping[str, Callable[[], None]], obs, repe
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+def _busy(stop) -> None:
+    while not stop.is_set():
+        for _ in range(100_000):
+            pass
+
+
+@contextmanager
+def cpu_load(processes: int):
+    """``processes`` extra processes, each keeping one CPU core busy with a pure-Python loop at
+    normal priority, for the duration of the ``with`` block: a reproducible stand-in for the
+    training job or perception stack a robot's computer also runs (forked, so they start in
+    milliseconds and import nothing)."""
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_busy, args=(stop,), daemon=True) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        yield procs
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()

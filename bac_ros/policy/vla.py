@@ -99,9 +99,11 @@ class VLAPolicy(Policy):
             return self.model.condition(lang.to(self.dtype), img.to(self.dtype),
                                         full.to(self.dtype), freq, lang_mask, img_mask)
 
-    def _sample(self, cond: torch.Tensor, generator, plan, recorder=None) -> torch.Tensor:
+    def _sample(self, cond: torch.Tensor, generator, plan, recorder=None,
+                continuation=None) -> torch.Tensor:
         shape = (cond.shape[0], self.horizon, self.model.config["state_dim"])
-        return self.engine.sample(cond, shape, generator, plan, recorder)
+        return self.engine.sample(cond, shape, generator, plan, recorder,
+                                  **self._seam_inputs(shape, continuation))
 
     def flop_probe(self) -> tuple[torch.Tensor, tuple[int, ...]]:
         obs = {k: np.zeros((self.n_obs_steps, *shape), np.float32)

@@ -11,8 +11,11 @@ Modes:
   replanning round: every method sees the same noise per episode and round, and an episode's
   noise does not depend on which episodes share its batch (so seed ranges can be sharded).
 * ``realtime`` — the world moves on at the control rate while the model computes: a chunk that
-  took L seconds arrives ``floor(L / dt)`` ticks late, the arm holds its last target meanwhile,
-  and the actions whose time has passed are skipped. Latency is measured on this machine.
+  took L seconds (measured live, on this machine) takes over ``floor(L / dt)`` ticks after its
+  observation, starting at the action meant for that tick; until then the world runs the chunk
+  in force, or holds its last target when that one has run out. When chunks are requested and
+  how they join follow the policy node's own rule (:mod:`bac_ros.policy.realtime`): by default
+  ``at_end`` with no seam handling, or any :class:`Execution`.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import numpy as np
 import torch
 
 from bac_ros.policy.policy import Policy
+from bac_ros.policy.realtime import Execution, Replanner, blended, continuation
 from bac_ros.sim.tasks import Env, Task, make_env, task_of
 
 MODES = ("lockstep", "realtime")
+AT_END = Execution(replan="at_end", seam="none", warm_start=0.0)  # request when the chunk ends
 
 
 def apply_method(policy: Policy, method: str) -> None:
@@ -146,26 +151,112 @@ def _batched(policy: Policy, episodes: list[_Episode], progress, late: int = 0) 
                     break
 
 
-def _realtime(policy: Policy, episodes: list[_Episode], progress) -> None:
-    dt = policy.dt
+class _Timeline:
+    """What the executor saw in one real-time episode."""
+
+    def __init__(self):
+        self.starts: list[int] = []  # tick (observation) of each inference
+        self.executed: list[tuple[int, int] | None] = []  # per tick: (chunk number, action)
+        self.ticks = self.holds = 0  # control ticks, and those without a fresh action
+        self.jumps: list[float] = []  # |first new action - the action it replaced| per seam
+        self.changes: list[float] = []  # |a[k+1] - a[k]| inside chunks: the policy's own steps
+        self.moves: list[float] = []  # |command - previous command| per tick, as executed
+
+
+def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution, lag: int,
+                  clock: Callable[[], float]) -> _Timeline:
+    """One episode on a simulated clock driven by live latency: an inference from the
+    observation at tick t measured L seconds, so its chunk takes over at tick t + floor(L / dt)
+    + ``lag`` (extra delay, e.g. transport), at its action for that tick. The world does not
+    wait: the ticks in between run the chunk in force (or hold). Requests follow the node's
+    rule, one :meth:`Replanner.due` per observation frame; one that comes while an inference
+    runs waits for it, then starts from the newest observation, as on the node's one thread."""
+    dt, n, line = policy.dt, policy.n_action_steps, _Timeline()
+    planner = Replanner(dt)
+    # in force: (stamp, actions, number); computing: (stamp, arrival, actions, age, number)
+    chunk = flight = None
+    again, tick, last = False, 0, e.env.hold_action()
+
+    def start():
+        lead = planner.lead(n)
+        stamp = tick * dt
+        committed = None if chunk is None else chunk[:2]
+        t0 = clock()
+        actions = policy.predict(e.window(), generator=g,
+                                 **continuation(ex, committed, stamp, dt, lead, policy))
+        latency = clock() - t0
+        actions = blended(ex, committed, stamp, dt, lead, actions)
+        e.chunks += 1
+        e.latencies.append(latency)
+        line.starts.append(tick)
+        return (stamp, tick + int(latency // dt) + lag, actions, latency + lag * dt,
+                len(line.starts) - 1)
+
+    while not e.done:
+        if planner.due(ex.replan, n):
+            if flight is None:
+                flight = start()
+            else:
+                again = True
+        while flight is not None and flight[1] <= tick:
+            stamp, _, actions, age, number = flight
+            planner.add_age(age)
+            k = tick - round(stamp / dt)
+            if chunk is not None and k < len(actions):
+                i = tick - round(chunk[0] / dt)
+                replaced = chunk[1][i] if i < len(chunk[1]) else e.env.hold_action()
+                line.jumps.append(float(np.linalg.norm(actions[k] - replaced)))
+            line.changes += np.linalg.norm(np.diff(actions, axis=0), axis=1).tolist()
+            chunk, flight = (stamp, actions, number), None
+            if again:
+                again, flight = False, start()
+        k = None if chunk is None else tick - round(chunk[0] / dt)
+        line.ticks += 1
+        if k is not None and k < len(chunk[1]):
+            line.executed.append((chunk[2], k))
+            target = chunk[1][k]
+        else:
+            line.executed.append(None)
+            line.holds += 1
+            target = e.env.hold_action()
+        line.moves.append(float(np.linalg.norm(target - last)))
+        last = np.asarray(target)
+        e.act(target)
+        tick += 1
+    return line
+
+
+def _realtime(policy: Policy, episodes: list[_Episode], progress,
+              execution: Execution = AT_END, lag: int = 0,
+              clock: Callable[[], float] = time.perf_counter) -> list[_Timeline]:
+    lines = []
     for e in episodes:
         g = _generator(e.seed, 0)  # one stream for the episode: its rounds are not aligned
-        while not e.done:
-            t0 = time.perf_counter()
-            chunk = policy.predict(e.window(), generator=g)
-            latency = time.perf_counter() - t0
-            e.chunks += 1
-            e.latencies.append(latency)
-            late = int(latency // dt)
-            for _ in range(min(late, len(chunk))):  # the world moves on while the model runs
-                e.hold()
-                if e.done:
-                    break
-            for a in chunk[late:]:
-                if e.done:
-                    break
-                e.act(a)
+        lines.append(_live_episode(policy, e, g, execution, lag, clock))
         progress(1)
+    return lines
+
+
+def _timeline_report(execution: Execution, lag: int, lines: list[_Timeline]) -> dict:
+    """Seam and starvation figures over all episodes (medians and 95th percentiles)."""
+    jumps = np.asarray([j for ln in lines for j in ln.jumps])
+    changes = np.asarray([c for ln in lines for c in ln.changes])
+    moves = np.asarray([m for ln in lines for m in ln.moves])
+
+    def q(values, p):
+        return float(np.percentile(values, p)) if len(values) else float("nan")
+
+    return {
+        **asdict(execution), "lag_ticks": lag,
+        "hold_share": sum(ln.holds for ln in lines) / max(1, sum(ln.ticks for ln in lines)),
+        "seam_jump_median": q(jumps, 50), "seam_jump_p95": q(jumps, 95),
+        "step_change_median": q(changes, 50), "step_change_p95": q(changes, 95),
+        # the command as executed: a seam that moved into the new chunk shows here
+        "executed_step_p95": q(moves, 95), "executed_step_max": q(moves, 100),
+        "seams": int(len(jumps)),
+        # per episode: the tick of each inference, and per tick (chunk number, action) or None
+        "starts": [ln.starts for ln in lines], "executed": [ln.executed for ln in lines],
+    }
 
 
 def _batch1_latency(policy: Policy, window: dict, repeats: int = 5) -> float:
@@ -186,23 +277,35 @@ def evaluate(
     task: Task | None = None,
     progress: Callable[[int], None] | None = None,
     latency_ms: float | None = None,
+    execution: Execution = AT_END,
+    lag_ticks: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """Run ``episodes`` episodes with reset seeds ``seed .. seed + episodes - 1``.
 
     The default seeds lie far above the demonstration seeds (0 .. a few hundred). In realtime
     mode, ``latency_ms`` replaces the live per-chunk measurement by a fixed latency (e.g. the
     median measured side by side with other methods): episodes then run batched, and the
-    result no longer depends on how busy the machine is while it runs.
+    result no longer depends on how busy the machine is while it runs. With live latency,
+    ``execution`` is the node's replanning and seam rule, ``lag_ticks`` an extra delay per
+    chunk, ``clock`` what latency is read from (a slowed, simulated one in tests), and the
+    report's ``realtime`` entry says what the executor saw.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if (execution != AT_END or lag_ticks) and (mode != "realtime" or latency_ms is not None):
+        raise ValueError(f"replanning, seams, warm starts and lag ({execution}, lag "
+                         f"{lag_ticks}) act in realtime mode with live latency only; expected "
+                         "mode realtime without a fixed latency, or the at_end defaults")
     apply_method(policy, method)
     task = task or task_of(policy)
     eps = [_Episode(policy, task, seed + i, policy.reads_images) for i in range(episodes)]
     progress = progress or (lambda n: None)
     t0 = time.perf_counter()
+    timeline = None
     if mode == "realtime" and latency_ms is None:
-        _realtime(policy, eps, progress)
+        timeline = _timeline_report(execution, lag_ticks, _realtime(
+            policy, eps, progress, execution, lag_ticks, clock))
     else:
         late = 0 if mode == "lockstep" else int(latency_ms * 1e-3 // policy.dt)
         _batched(policy, eps, progress, late)
@@ -223,6 +326,7 @@ def evaluate(
         "sampler": policy.sampler,
         "wall_s": round(time.perf_counter() - t0, 1),
         "per_episode": [asdict(r) for r in results],
+        **({"realtime": timeline} if timeline is not None else {}),
     }
 
 

@@ -1,0 +1,146 @@
+"""Real-time execution on the bundled arm policy: replanning and seams, idle and under CPU load.
+
+    python bench/realtime.py --episodes 10 --load 2 --threads 1 --json docs/realtime.json
+
+Every row is closed-loop and real time with live latency (bac_ros.sim.evaluate's realtime mode:
+each chunk takes the time it takes on this machine while the world runs the chunk in force;
+chunks are requested and joined by the policy node's own rule). Methods: full compute
+(DDPM-100), BAC S=10 k=5 and `bac tune`'s schedule (DDPM-10). Rules (``--rules``, see
+:func:`parse_rule`): ``at_end`` (the next chunk when the current one ends), ``latency_aware``,
+``+inpaint[:W]``, ``+blend[:W]``, ``+warm:F``; idle and with ``--load`` busy processes
+(bac_ros.policy.timing.cpu_load: one pure-Python loop per process, each keeping a core busy).
+Lockstep success (the world waits for every chunk) is the reference. Columns: success; mean
+model latency; the share of control ticks without a fresh action (holds); the seam jump |first
+new action - the action it replaces| (median/p95); the policy's own step-to-step change inside
+its chunks (median/p95); the step-to-step change of the command as executed (p95/max): with
+inpainting the first new action often equals the committed one by construction, and a jump
+left over shows there. ``--lags`` sweeps extra delay (ticks on top of the live latency) with
+the tuned schedule under load: how much lag each of ``--lag-rules`` tolerates.
+
+All rows use the same episode seeds (100000 on). The machine may be shared: each row records
+the 1-minute load average, and latency figures hold for that machine at that time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bac_ros.policy.policy import Policy
+from bac_ros.policy.realtime import Execution, execution_settings
+from bac_ros.policy.timing import cpu_load
+from bac_ros.sim.evaluate import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+CKPT = ROOT / "checkpoints" / "arm_lowdim"
+METHODS = {"full": "full", "BAC S=10": f"bac:{CKPT / 'bac_s10_k5.yaml'}",
+           "tuned": f"bac:{CKPT / 'tuned_x5.yaml'}"}
+RULES = ["at_end", "latency_aware", "latency_aware+inpaint", "latency_aware+inpaint+warm:0.3",
+         "latency_aware+blend"]
+
+
+def parse_rule(text: str) -> Execution:
+    """``REPLAN[+inpaint[:W]|+blend[:W]][+warm:F]``, e.g. ``latency_aware+inpaint:0.8+warm:0.3``
+    (W: seam_weight, default 0.5; F: warm_start fraction, default 0)."""
+    replan, *parts = text.split("+")
+    values = {"replan": replan, "seam": "none", "seam_weight": 0.5, "warm_start": 0.0}
+    for part in parts:
+        key, _, value = part.partition(":")
+        if key in ("inpaint", "blend"):
+            values.update(seam=key, seam_weight=float(value or 0.5))
+        elif key == "warm" and value:
+            values["warm_start"] = float(value)
+        else:
+            raise ValueError(f"rule part {part!r} of {text!r}; expected inpaint[:W], "
+                             "blend[:W] or warm:F")
+    return execution_settings(values)
+
+
+def _row(report: dict) -> dict:
+    rt = report.get("realtime") or {}
+    keep = ("success_rate", "ci95", "mean_latency_ms", "wall_s")
+    return {**{k: report[k] for k in keep},
+            **{k: v for k, v in rt.items() if k not in ("starts", "executed")}}
+
+
+def _fmt(row: dict) -> str:
+    if "hold_share" not in row:  # lockstep
+        return (f"{row['success_rate']:>8.0%} {row['mean_latency_ms']:>9.0f}"
+                f" {'-':>7} {'-':>15} {'-':>13} {'-':>13}")
+    return (f"{row['success_rate']:>8.0%} {row['mean_latency_ms']:>9.0f}"
+            f" {row['hold_share']:>7.0%} {row['seam_jump_median']:>7.3f}/"
+            f"{row['seam_jump_p95']:<7.3f} {row['step_change_median']:>6.3f}/"
+            f"{row['step_change_p95']:<6.3f} {row['executed_step_p95']:>6.3f}/"
+            f"{row['executed_step_max']:<6.3f}")
+
+
+HEADER = (f"{'method':<10} {'rule':<36} {'load':<6} {'success':>8} {'lat ms':>9} "
+          f"{'holds':>7} {'seam jump':>15} {'own step':>13} {'run step':>13}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=100_000)
+    ap.add_argument("--load", type=int, default=2, help="busy processes for the loaded rows")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--rules", nargs="*", default=RULES, help=parse_rule.__doc__)
+    ap.add_argument("--loads", nargs="*", default=["idle", "loaded"])
+    ap.add_argument("--lags", type=int, nargs="*", default=[],
+                    help="extra ticks of delay for the lag sweep (tuned schedule, loaded)")
+    ap.add_argument("--lag-rules", nargs="*", default=["at_end", "latency_aware+inpaint"])
+    ap.add_argument("--skip-lockstep", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy = Policy.from_pretrained(CKPT, device="cpu")
+    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                       "torch_threads": torch.get_num_threads()},
+           "episodes": args.episodes, "load_processes": args.load, "rows": []}
+    print(f"{args.episodes} episodes per row, seeds {args.seed}.., torch threads "
+          f"{torch.get_num_threads()}, load = {args.load} busy processes\n", flush=True)
+    print(HEADER, flush=True)
+
+    def record(method, rule, load, report):
+        row = {"method": method, "rule": rule, "load": load,
+               "loadavg_1min": os.getloadavg()[0], **_row(report)}
+        out["rows"].append(row)
+        print(f"{method:<10} {rule:<36} {load:<6} {_fmt(row)}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+    t0 = time.perf_counter()
+    for name in [] if args.skip_lockstep else args.methods:
+        record(name, "lockstep", "-", evaluate(policy, METHODS[name], args.episodes, args.seed,
+                                               mode="lockstep"))
+    for load in args.loads:
+        with cpu_load(args.load if load == "loaded" else 0):
+            for name in args.methods:
+                for rule in args.rules:
+                    record(name, rule, load, evaluate(
+                        policy, METHODS[name], args.episodes, args.seed, mode="realtime",
+                        execution=parse_rule(rule)))
+    if args.lags:
+        print("\nlag sweep (tuned schedule, loaded): success by extra ticks of delay", flush=True)
+        with cpu_load(args.load):
+            for rule in args.lag_rules:
+                for lag in args.lags:
+                    r = evaluate(policy, METHODS["tuned"], args.episodes, args.seed,
+                                 mode="realtime", execution=parse_rule(rule), lag_ticks=lag)
+                    record("tuned", f"{rule} lag +{lag}", "loaded", r)
+    print(f"\n{time.perf_counter() - t0:.0f} s in all", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
