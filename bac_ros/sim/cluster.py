@@ -207,6 +207,15 @@ def _check_reachable(address: str, host_port: tuple[str, int] | None) -> None:
                            "pass the address it prints") from None
 
 
+def _auth_failed(err: BaseException | None) -> bool:
+    """Ray reports a refused token as a plain connection error caused by the refusal."""
+    while err is not None:
+        if "InvalidAuthToken" in str(err) or type(err).__name__ == "AuthenticationError":
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _on_worker(fn: Callable, threads: int, *args) -> dict:
     """A cell on a worker: its share of CPU threads, its result, and the worker's versions."""
     torch.set_num_threads(threads)
@@ -257,8 +266,12 @@ class Cluster:
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError) as err:  # RuntimeError: another Ray version
+            why = str(err).strip().splitlines()[0]
+            if _auth_failed(err):
+                why = ("it uses token authentication: set RAY_AUTH_MODE=token and its token "
+                       "(`ray get-auth-token` on the head) as RAY_AUTH_TOKEN or ~/.ray/auth_token")
             raise ClusterError(f"cannot connect to the Ray cluster {self._where()}: "
-                               f"{str(err).strip().splitlines()[0]}") from None
+                               f"{why}") from None
         self._started = True
         res = ray.cluster_resources()
         gpus = res.get("GPU", 0.0)
