@@ -225,8 +225,8 @@ def _on_worker(fn: Callable, threads: int, *args) -> dict:
 class Cluster:
     """Where cells run: a local Ray with ``workers`` processes, or the cluster at ``address``.
 
-    Local workers split this machine's cores (torch threads x workers <= cores) and bind Ray to
-    the loopback address; on a cluster each cell takes one CPU thread. Where the cluster has
+    Local workers split this machine's cores (torch threads x workers <= cores); on a cluster
+    each cell takes one CPU thread. Where the cluster has
     GPUs and ``device`` is not ``cpu``, each cell gets a GPU (local: a share of one). A cell
     whose worker dies is run again up to ``max_retries`` times, then reported as failed.
     """
@@ -261,8 +261,7 @@ class Cluster:
         try:
             if self.workers:
                 ngpu = 0 if self.device == "cpu" else torch.cuda.device_count()
-                ray.init(num_cpus=self.workers * self.threads, num_gpus=ngpu,
-                         _node_ip_address="127.0.0.1", **quiet)
+                ray.init(num_cpus=self.workers * self.threads, num_gpus=ngpu, **quiet)
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError) as err:  # RuntimeError: another Ray version
