@@ -62,10 +62,17 @@ def _outcomes(report):
             for e in report["per_episode"]]
 
 
+def _same_episodes(a, b):
+    """Same decisions, and final errors equal to float rounding (a batched matrix product may
+    round differently for another batch size or thread count)."""
+    assert _outcomes(a) == _outcomes(b)
+    errors = [[e["final_error"] for e in r["per_episode"]] for r in (a, b)]
+    np.testing.assert_allclose(errors[0], errors[1], rtol=0, atol=1e-6)
+    return True
+
+
 def _summary(report):
-    out = {k: v for k, v in report.items() if k not in (*TIMING, "per_episode", "fixed_latency")}
-    out["final_error"] = [round(e["final_error"], 6) for e in report["per_episode"]]
-    return out
+    return {k: v for k, v in report.items() if k not in (*TIMING, "per_episode", "fixed_latency")}
 
 
 def test_a_rows_noise_is_its_own_generators_whatever_the_batch(tiny):
@@ -90,7 +97,7 @@ def test_cells_in_process_merge_to_the_single_run(tiny):
     assert [(c.seed, c.episodes) for c in cells] == [(100_002, 2), (100_004, 2), (100_006, 1)]
     parts = [cluster.run_cell(c) for c in reversed(cells)]
     merged = cluster.merge(parts, fixed_latency=True)
-    assert _outcomes(merged) == _outcomes(whole)
+    assert _same_episodes(merged, whole)
     assert _summary(merged) == _summary(whole)
     assert len({e["steps"] for e in whole["per_episode"]}) > 1  # the episodes are not all alike
     with pytest.raises(ValueError, match="at least 1"):
@@ -160,7 +167,7 @@ def test_ray_workers_give_the_single_process_episodes_and_tables(tiny, ray_pool)
     for job, report in zip(jobs, merged):
         alone = evaluate(policy, job.method, 5, job.seed, job.mode, task=TASK,
                          latency_ms=job.latency_ms)
-        assert _outcomes(report) == _outcomes(alone)
+        assert _same_episodes(report, alone)
         assert _summary(report) == _summary(alone)
     assert merged[1]["per_episode"] != merged[0]["per_episode"]
 
@@ -177,7 +184,7 @@ def test_a_dead_worker_is_retried_then_reported_never_dropped(tiny, ray_pool, tm
     assert (tmp_path / "once").exists()  # that worker did die, and the retry finished the cell
     alone = evaluate(Policy.from_pretrained(tiny, device="cpu"), "ddim:4", 2, 100_010,
                      task=TASK, latency_ms=7.0)
-    assert list(got) == [0] and _outcomes(got[0]) == _outcomes(alone)
+    assert list(got) == [0] and _same_episodes(got[0], alone)
     assert failures == [(1, "its worker died (WorkerCrashedError) in each of its 2 attempts")]
 
 
@@ -196,7 +203,7 @@ def test_bac_eval_on_an_existing_cluster_matches_one_process(tiny, ray_pool, tmp
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert out.returncode == 0, out.stderr
     a, b = json.loads(one.read_text()), json.loads(many.read_text())
-    assert _outcomes(a) == _outcomes(b) and _summary(a) == {
+    assert _same_episodes(a, b) and _summary(a) == {
         **_summary(b), "success_source": "local, one process"}
     assert b["success_source"].startswith(f"ray: cluster at {address}, 1 node, 2 CPUs")
     assert a["latency_source"] == b["latency_source"] == "local, one process"

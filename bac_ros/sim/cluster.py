@@ -207,6 +207,15 @@ def _check_reachable(address: str, host_port: tuple[str, int] | None) -> None:
                            "pass the address it prints") from None
 
 
+def _auth_failed(err: BaseException | None) -> bool:
+    """Ray reports a refused token as a plain connection error caused by the refusal."""
+    while err is not None:
+        if "InvalidAuthToken" in str(err) or type(err).__name__ == "AuthenticationError":
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _on_worker(fn: Callable, threads: int, *args) -> dict:
     """A cell on a worker: its share of CPU threads, its result, and the worker's versions."""
     torch.set_num_threads(threads)
@@ -216,8 +225,8 @@ def _on_worker(fn: Callable, threads: int, *args) -> dict:
 class Cluster:
     """Where cells run: a local Ray with ``workers`` processes, or the cluster at ``address``.
 
-    Local workers split this machine's cores (torch threads x workers <= cores) and bind Ray to
-    the loopback address; on a cluster each cell takes one CPU thread. Where the cluster has
+    Local workers split this machine's cores (torch threads x workers <= cores); on a cluster
+    each cell takes one CPU thread. Where the cluster has
     GPUs and ``device`` is not ``cpu``, each cell gets a GPU (local: a share of one). A cell
     whose worker dies is run again up to ``max_retries`` times, then reported as failed.
     """
@@ -252,13 +261,16 @@ class Cluster:
         try:
             if self.workers:
                 ngpu = 0 if self.device == "cpu" else torch.cuda.device_count()
-                ray.init(num_cpus=self.workers * self.threads, num_gpus=ngpu,
-                         _node_ip_address="127.0.0.1", **quiet)
+                ray.init(num_cpus=self.workers * self.threads, num_gpus=ngpu, **quiet)
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError) as err:  # RuntimeError: another Ray version
+            why = str(err).strip().splitlines()[0]
+            if _auth_failed(err):
+                why = ("it uses token authentication: set RAY_AUTH_MODE=token and its token "
+                       "(`ray get-auth-token` on the head) as RAY_AUTH_TOKEN or ~/.ray/auth_token")
             raise ClusterError(f"cannot connect to the Ray cluster {self._where()}: "
-                               f"{str(err).strip().splitlines()[0]}") from None
+                               f"{why}") from None
         self._started = True
         res = ray.cluster_resources()
         gpus = res.get("GPU", 0.0)
