@@ -69,12 +69,14 @@ PARAMETERS = {
              "guided toward the overlapping committed actions); blend (mixed with them after "
              "sampling)"),
     "seam_weight": (0.5, LIVE,
-                    "seam weight of the first overlapping action not certain to run (those that "
-                    "are get 1); each later one gets this factor again; 1: the whole overlap "
-                    "follows the committed chunk, 0: only the actions that will run"),
+                    "with seam inpaint or blend: weight of the first overlapping action not "
+                    "certain to run (those that are get 1); each later one gets this factor "
+                    "again; 1: the whole overlap follows the committed chunk, 0: only the "
+                    "actions that will run"),
     "warm_start": (-1.0, LIVE,
                    "fraction of denoising steps skipped by starting from the committed chunk, "
-                   "shifted and re-noised (0: off; -1: as the schedule file says)"),
+                   "shifted and re-noised, when the new observation falls inside it (0: off; "
+                   "-1: as the schedule file says)"),
     "joint_names": (["joint1", "joint2", "joint3"], CONFIGURE,
                     "joints read from joint_states, in the policy's order; also the action names"),
     "action_low": ([-math.inf], LIVE,
