@@ -169,6 +169,10 @@ def test_predict_follows_the_committed_actions_where_they_overlap(lowdim):
     got = policy.predict(OBS, seed=0, committed=committed, committed_offset=1)  # weight 1
     np.testing.assert_allclose(got[:3], committed[1:], rtol=0, atol=1e-5)
     assert not np.allclose(got[3], plain[3], atol=1e-3)  # the rest is sampled toward it
+    # a chunk that came too late (the robot then keeps its last command) still warm-starts
+    late = dict(committed=committed, committed_offset=12, committed_weights=np.zeros(4))
+    assert not np.allclose(policy.predict(OBS, seed=0, warm_start=5, **late), plain, atol=1e-3)
+    np.testing.assert_array_equal(policy.predict(OBS, seed=0, warm_start=0, **late), plain)
     with pytest.raises(ValueError, match=r"expected finite \(n, 3\) actions"):
         policy.predict(OBS, committed=committed[:, :2])
     with pytest.raises(ValueError, match=r"expected 4 weights in \[0, 1\]"):

@@ -337,8 +337,9 @@ class Policy:
         """The chunk being executed as sampler inputs: trajectory position p of the new sample
         is the action for committed index ``p - action_offset + offset``. Returns the
         normalised committed actions at every position (edge-padded: a warm start's clean
-        estimate), their inpainting weight per position (0 off the overlap), and the steps a
-        warm start skips; None when there is nothing to join."""
+        estimate; past the chunk's end the robot keeps its last command, so a chunk that came
+        too late still warm-starts the next one), their inpainting weight per position (0 off
+        the overlap), and the steps a warm start skips; None when there is nothing to join."""
         skip = self.warm_start if warm_start is None else int(warm_start)
         if not 0 <= skip < self.num_inference_steps:
             raise ValueError(f"warm_start is {skip} steps; expected 0 .. "
@@ -361,8 +362,6 @@ class Policy:
                              "of control steps from the committed chunk's stamp to this one")
         index = np.arange(self.horizon) - self.action_offset + int(offset)
         inside = (index >= 0) & (index < n)
-        if not inside.any():
-            return None
         index = np.clip(index, 0, n - 1)
         w = np.broadcast_to(w if w.ndim == 2 else w[None], (batch, n))[:, index] * inside
         if skip == 0 and not w.any():
