@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -66,8 +67,10 @@ def parse_rule(text: str) -> Execution:
 def _row(report: dict) -> dict:
     rt = report.get("realtime") or {}
     keep = ("success_rate", "ci95", "mean_latency_ms", "wall_s")
-    return {**{k: report[k] for k in keep},
-            **{k: v for k, v in rt.items() if k not in ("starts", "executed")}}
+    row = {**{k: report[k] for k in keep},
+           **{k: v for k, v in rt.items() if k not in ("starts", "executed")}}
+    return {k: None if isinstance(v, float) and math.isnan(v) else v  # JSON has no NaN
+            for k, v in row.items()}
 
 
 def _fmt(row: dict) -> str:
@@ -75,10 +78,14 @@ def _fmt(row: dict) -> str:
         return (f"{row['success_rate']:>8.0%} {row['mean_latency_ms']:>9.0f}"
                 f" {'-':>7} {'-':>15} {'-':>13} {'-':>13}")
     return (f"{row['success_rate']:>8.0%} {row['mean_latency_ms']:>9.0f}"
-            f" {row['hold_share']:>7.0%} {row['seam_jump_median']:>7.3f}/"
-            f"{row['seam_jump_p95']:<7.3f} {row['step_change_median']:>6.3f}/"
-            f"{row['step_change_p95']:<6.3f} {row['executed_step_p95']:>6.3f}/"
-            f"{row['executed_step_max']:<6.3f}")
+            f" {row['hold_share']:>7.0%} {_num(row['seam_jump_median']):>7}/"
+            f"{_num(row['seam_jump_p95']):<7} {_num(row['step_change_median']):>6}/"
+            f"{_num(row['step_change_p95']):<6} {_num(row['executed_step_p95']):>6}/"
+            f"{_num(row['executed_step_max']):<6}")
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 HEADER = (f"{'method':<10} {'rule':<36} {'load':<6} {'success':>8} {'lat ms':>9} "
