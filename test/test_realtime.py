@@ -36,22 +36,24 @@ SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, cau
 # -- the rule --------------------------------------------------------------------------------
 def test_the_next_chunk_is_requested_as_many_frames_early_as_chunks_take():
     r = Replanner(0.1)
-    # Nothing measured yet: every frame asks (the robot never waits on a guess).
-    assert [r.due("latency_aware", 8) for _ in range(3)] == [True] * 3
-    assert r.lead(8) == 8
+    # Nothing measured yet: the first frame asks, then as at_end (no guess)
+    assert [i for i in range(9) if r.due("latency_aware", 8)] == [0, 8]
+    assert r.lead(8) == 8  # ... and a seam takes the whole overlap as certain to run
     r.add_age(0.25)  # arrives in the 3rd frame: request 3 frames before the chunk ends
     assert (r.lead(8), r.interval("latency_aware", 8), r.interval("at_end", 8)) == (3, 5, 8)
     r.restart()
     assert [i for i in range(11) if r.due("latency_aware", 8)] == [0, 5, 10]
     r.restart()
     assert [i for i in range(17) if r.due("at_end", 8)] == [0, 8, 16]
+    r.add_age(0.4)  # 4 frames, half a chunk: the next one still starts in time
+    assert r.interval("latency_aware", 8) == 4
     r.reset_latency()
     for _ in range(19):
         r.add_age(0.12)
     r.add_age(0.9)  # one stall in a full window is ignored by the 90% quantile ...
     assert r.lead(8) == 2
-    r.add_age(0.9)  # ... two are not
-    assert r.lead(8) == 9 and r.interval("latency_aware", 8) == 1
+    r.add_age(0.9)  # ... two are not: 9 frames, more than half a chunk: chunks cannot
+    assert r.lead(8) == 9 and r.interval("latency_aware", 8) == 8  # chain; as at_end
     r.add_age(-0.05)  # an observation stamped ahead of this clock: 0 s, not a negative lead
     assert r.ages[-1] == 0.0
 
@@ -264,8 +266,8 @@ def test_evaluation_starts_chunks_by_the_rule_and_runs_them_from_their_arrival(l
     if replan == "at_end":  # every 4 ticks; the first tick of each waits (hold)
         assert starts == list(range(0, ticks, 4))
         assert line["hold_share"] == pytest.approx(len(starts) / ticks)
-    else:  # measured after the first chunk: lead 2, every 2 ticks; never waits again
-        assert starts == [0, 1] + list(range(3, ticks, 2))
+    else:  # measured once the first chunk is in: lead 2, every 2 ticks; never waits again
+        assert starts == list(range(0, ticks, 2))
         assert line["hold_share"] == pytest.approx(1 / ticks)
     # each tick runs the newest chunk arrived by then (1 tick after its observation) at the
     # action meant for that tick, or holds when that chunk has none left
@@ -364,7 +366,8 @@ def stepped_vla(tmp_path_factory):
 def test_policy_node_requests_the_next_chunk_by_its_measured_latency(running, stepped_vla):  # noqa: F811
     """Sim time; every chunk takes what the test lets it (0.15 s: it arrives 2 frames after
     its observation). With 4 actions per chunk, latency_aware requests the next one 2 frames
-    after the last, at_end 4; a schedule change forgets the estimate (request at once)."""
+    after the last, at_end 4; so does latency_aware for a chunk that takes 0.35 s (4 frames,
+    more than half a chunk) and after a schedule change, which forgets the estimate."""
     ENTERED.clear()
     r = running({"checkpoint": str(stepped_vla), "use_sim_time": True, "replan_steps": 0,
                  "replan": "latency_aware", "seam": "none", "max_obs_age": 5.0, "seed": 0,
@@ -403,8 +406,11 @@ def test_policy_node_requests_the_next_chunk_by_its_measured_latency(running, st
     assert [next_request() for _ in range(3)] == [2, 2, 2]
     p.set(replan="at_end")
     assert [next_request() for _ in range(2)] == [4, 4]
-    p.set(replan="latency_aware", schedule="uniform:2")  # latency forgotten: at once ...
-    assert next_request() == 1
+    p.set(replan="latency_aware")
+    assert next_request(latency=0.35) == 2  # the estimate is now 0.35 s: chunks cannot chain
+    assert next_request() == 4
+    p.set(schedule="uniform:2")  # latency forgotten: as at_end ...
+    assert next_request() == 4
     assert next_request() == 2  # ... until this schedule's first chunk was measured
 
 

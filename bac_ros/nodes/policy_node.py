@@ -63,7 +63,8 @@ PARAMETERS = {
                "with rate_hz 0: at_end requests the next chunk when the current one's last "
                "action is due (every replan_steps frames); latency_aware as many frames earlier "
                "as chunks take to arrive (a high quantile of their recent ages, per schedule), "
-               "so the robot does not run out of actions"),
+               "so the robot does not run out of actions; like at_end while a chunk takes "
+               "more than half of replan_steps (chunks cannot chain) or nothing is measured"),
     "seam": ("inpaint", LIVE,
              "how a new chunk joins the one being executed: none; inpaint (its denoising is "
              "guided toward the overlapping committed actions); blend (mixed with them after "

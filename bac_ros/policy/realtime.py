@@ -69,7 +69,14 @@ class Replanner:
     """Frame-driven chunk requests: :meth:`due` once per new observation frame says whether to
     request a chunk now. ``at_end`` every ``replan_steps`` frames; ``latency_aware`` every
     ``replan_steps - lead`` frames, where ``lead`` = ceil(estimated chunk age / dt) is how many
-    frames a chunk needs to arrive (a request while one is running waits for it, as ever)."""
+    frames a chunk needs to arrive (a request while one is running waits for it, as ever).
+
+    One model computes one chunk at a time, so the next request can only start when the
+    previous chunk is done: chunks chain without a gap only while ``2 * lead <= replan_steps``.
+    Beyond that (and before anything is measured) ``latency_aware`` requests like ``at_end``:
+    an earlier request would still arrive after the current chunk's end, from an observation
+    taken while the robot moved, and add a seam no committed action covers (measured: far
+    larger jumps and lower success than holding, bench/realtime.py)."""
 
     def __init__(self, dt: float):
         self.dt = float(dt)
@@ -95,15 +102,16 @@ class Replanner:
         return float(np.quantile(np.asarray(self.ages), LATENCY_QUANTILE, method="higher"))
 
     def lead(self, replan_steps: int) -> int:
-        """Frames a chunk needs from its observation to the executor; nothing measured yet:
-        ``replan_steps`` (request at once, so the robot never waits on a guess)."""
+        """Frames a chunk needs from its observation to the executor (nothing measured yet:
+        ``replan_steps``, so a seam treats the whole overlap as certain to run)."""
         latency = self.latency()
         return replan_steps if latency is None else math.ceil(latency / self.dt - 1e-9)
 
     def interval(self, replan: str, replan_steps: int) -> int:
-        if replan == "at_end":
+        lead = self.lead(replan_steps)
+        if replan == "at_end" or self.latency() is None or 2 * lead > replan_steps:
             return replan_steps
-        return max(1, replan_steps - self.lead(replan_steps))
+        return max(1, replan_steps - lead)
 
     def due(self, replan: str, replan_steps: int) -> bool:
         """Count one new frame; True when a chunk should be requested now."""
