@@ -286,7 +286,7 @@ def test_sim_node_runs_a_chunk_from_the_action_for_its_arrival_time(ros):  # noq
 
     # real time on the sim's own clock (each tick dt later), ticked by hand
     sim = SimNode(parameter_overrides=[rclpy.parameter.Parameter(k, value=v) for k, v in (
-        ("episodes", 1), ("images", False), ("publish_clock", True))])
+        ("episodes", 2), ("images", False), ("publish_clock", True))])
     sim.timer.cancel()
     client = rclpy.create_node("chunk_source")
     pub = client.create_publisher(ActionChunk, "action_chunk", 10)
@@ -311,6 +311,8 @@ def test_sim_node_runs_a_chunk_from_the_action_for_its_arrival_time(ros):  # noq
         while pub.get_subscription_count() == 0:
             executor.spin_once(timeout_sec=0.05)
         old = np.stack([np.linspace(0.5, 1.2, 8), np.full(8, 0.3), np.full(8, -0.2)], 1)
+        for _ in range(3):
+            sim._tick()  # no chunk yet: the arm holds
         send(old.astype(np.float32), 3)  # computed from the observation 3 ticks ago
         sim._tick()
         np.testing.assert_allclose(sim.env.command, old[3], atol=1e-6)  # not old[0]
@@ -324,7 +326,13 @@ def test_sim_node_runs_a_chunk_from_the_action_for_its_arrival_time(ros):  # noq
         send(new.astype(np.float32), 9)  # older than the one running: ignored
         sim._tick()
         np.testing.assert_allclose(sim.env.command, new[2], atol=1e-6)
-        assert sim.holds == 0
+        assert sim.holds == 3
+        sim._start_episode()  # a new world: a chunk from before it began is not run
+        send(new.astype(np.float32), 1)
+        assert sim.chunk is None
+        send(old.astype(np.float32), 0)
+        sim._tick()
+        np.testing.assert_allclose(sim.env.command, old[0], atol=1e-6)
     finally:
         client.destroy_node()
         sim.destroy_node()
