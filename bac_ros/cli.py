@@ -273,11 +273,12 @@ def _eval(args) -> int:
 
     execution = execution_settings({"replan": args.replan, "seam": args.seam,
                                     "seam_weight": args.seam_weight,
-                                    "warm_start": args.warm_start})
+                                    "warm_start": args.warm_start,
+                                    "chunk_actions": args.chunk_actions})
     if execution != AT_END:
         if args.workers is not None or args.ray is not None:
-            raise ValueError("--replan/--seam/--warm-start run live real time, which needs a "
-                             "quiet single machine; drop --workers/--ray for them")
+            raise ValueError("--replan/--seam/--warm-start/--chunk-actions run live real time, "
+                             "which needs a quiet single machine; drop --workers/--ray for them")
         return _eval_execution(args, execution)
     job = cluster.Cell(str(args.checkpoint), args.method, args.mode, args.seed, args.episodes,
                        args.latency_ms, args.device)
@@ -495,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warm-start", type=float, default=0.0,
                    help="realtime: fraction of denoising steps a warm start skips (-1: as the "
                         "schedule says)")
+    p.add_argument("--chunk-actions", type=int, default=0,
+                   help="realtime: predicted actions per chunk the robot may run (0: the "
+                        "policy's n_action_steps)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("tune", help="best-fidelity sampler + schedule inside a latency budget")

@@ -33,6 +33,9 @@ def generate_launch_description():
         DeclareLaunchArgument("seam", default_value="inpaint",
                               description="realtime: none | inpaint | blend (lockstep: none, "
                                           "since the sim, not time, picks the chunks it runs)"),
+        DeclareLaunchArgument("warm_start", default_value="-1.0",
+                              description="realtime: the policy node's warm_start (lockstep: "
+                                          "0, for the same reason)"),
         Node(package=PACKAGE, executable=SIM_EXECUTABLE, name="bac_sim", output="screen",
              parameters=[os.path.join(share, SIM_PARAMS_FILE),
                          {"mode": arg("mode"), "episodes": arg("episodes")}]),
@@ -46,5 +49,7 @@ def generate_launch_description():
                                                    "' == 'lockstep' else 0"]),
                  "seam": PythonExpression(["'none' if '", arg("mode"), "' == 'lockstep' else '",
                                            arg("seam"), "'"]),
+                 "warm_start": PythonExpression(["0.0 if '", arg("mode"), "' == 'lockstep' else ",
+                                                 arg("warm_start")]),
              }]),
     ])

@@ -183,6 +183,7 @@ BAD = {
     "seam": ("smooth", "expected none, inpaint or blend"),
     "seam_weight": (1.5, "expected a weight in [0, 1]"),
     "warm_start": (1.0, "expected -1 (as the schedule says) or the fraction"),
+    "chunk_actions": (8, "this policy predicts 7 actions from the current step on"),
 }
 RECONFIGURE = "is read at configure only; deactivate and clean up the node, set it, then configure"
 

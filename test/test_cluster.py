@@ -157,7 +157,11 @@ class DieOnce:
 
 @pytest.mark.ray
 def test_ray_workers_give_the_single_process_episodes_and_tables(tiny, ray_pool):
+    import ray
+
     assert ray_pool.source == "ray: 2 local workers, 1 torch thread each"
+    # at this process's priority, not Ray's default niceness 15 (a fraction of a busy core)
+    assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
     policy = Policy.from_pretrained(tiny, device="cpu")
     jobs = [cluster.Cell(str(tiny), "full", "lockstep", 100_002, 5, 7.0, "cpu", TASK),
             cluster.Cell(str(tiny), "ddim:4", "realtime", 100_002, 5, 150.0, "cpu", TASK)]

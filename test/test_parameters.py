@@ -117,42 +117,59 @@ def check_replan_steps(p: Probe) -> None:
     p.chunk()
 
 
-def check_replan(p: Probe) -> None:
-    p.set(replan_steps=3)  # at_end: every third frame is answered (check_replan_steps)
-    p.set(replan="latency_aware")
-    # Each chunk is done LAG = 1 s after its observation: 10 frames, more than the 3 between
-    # chunks, so the next one is requested at once: every frame is answered.
-    p.chunk()
-    for _ in range(3):
-        t = round(p.send(), 6)
-        assert p.r.spin(10, lambda t=t: t in p.stamps(p.r.chunks))
-    assert p.r.spin(5, lambda: diag_values(p.r.diags[-1])["replan_interval_frames"] == "1")
-    assert float(diag_values(p.r.diags[-1])["chunk_age_ms_estimate"]) >= LAG * 1e3
-    p.refuse_bad("replan")
-    p.set(replan="at_end")
-    assert p.r.spin(5, lambda: diag_values(p.r.diags[-1])["replan_interval_frames"] == "3")
-    p.set(replan_steps=1)
-    p.chunk()
-
-
 _SIM_SESSIONS = itertools.count()
 
 
+def _to_sim_time(p: Probe, lag: float = 0.0):
+    """The node on a hand-moved /clock that stands still while it infers; observations stamped
+    ``lag`` s back, so every chunk is exactly ``lag`` s old when done. Returns the wall clock's
+    stamp function, for :func:`_to_wall_time`."""
+    clock = SimClock(p.r, 500.0 + 100 * next(_SIM_SESSIONS))  # stamps never repeat
+    p.set(use_sim_time=True)
+    assert p.r.spin(10, clock.advance)
+    wall, p.now, p.last = p.now, (lambda: clock.now() - lag), -math.inf
+    p.chunk(wait=60)  # the first chunk on this clock measures its age
+    return wall
+
+
+def _to_wall_time(p: Probe, wall) -> None:
+    p.set(use_sim_time=False)
+    p.now = wall
+    p.chunk()
+
+
+def _frames_to_answer(p: Probe, limit: int = 12) -> int:
+    """Frames sent, one by one, until one of them gets a chunk: which frame requested it."""
+    sent: list[float] = []
+    while len(sent) < limit:
+        sent.append(round(p.send(), 6))
+        if p.r.spin(0.5, lambda: any(t in sent for t in p.stamps(p.r.chunks[-3:]))):
+            return 1 + next(i for i, t in enumerate(sent) if t in p.stamps(p.r.chunks))
+    raise AssertionError(f"none of {limit} frames got a chunk")
+
+
+def check_replan(p: Probe) -> None:
+    """Every chunk is 0.25 s old when done: 3 frames of lead."""
+    wall = _to_sim_time(p, lag=0.25)
+    p.set(replan_steps=8)  # at_end: the next chunk when this one's last action is due
+    assert _frames_to_answer(p) == 8
+    p.set(replan="latency_aware")  # 3 frames earlier, so that it arrives in time
+    assert [_frames_to_answer(p) for _ in range(2)] == [5, 5]
+    p.refuse_bad("replan")
+    p.set(replan="at_end")
+    assert _frames_to_answer(p) == 8
+    p.set(replan_steps=1)
+    _to_wall_time(p, wall)
+
+
 def on_sim_time(check):
-    """Run ``check`` with the node on a hand-moved /clock that stands still while it infers:
-    every chunk is 0 s old, so none of a new chunk's actions is certain to run from the old
-    one (lead 0) and only the seam weights decide the overlap. ``plain`` is the chunk of the
-    (always identical) observation with seed 0 and no seam."""
+    """Run ``check`` on sim time with chunks 0 s old: none of a new chunk's actions is certain
+    to run from the old one (lead 0), so only the seam weights decide the overlap. ``plain``
+    is the chunk of the (always identical) observation with seed 0 and no seam."""
     def run(p: Probe) -> None:
-        clock = SimClock(p.r, 500.0 + 100 * next(_SIM_SESSIONS))  # stamps never repeat
-        p.set(use_sim_time=True)
-        assert p.r.spin(10, clock.advance)
-        wall, p.now, p.last = p.now, clock.now, -math.inf
-        p.chunk(wait=60)  # the first chunk on this clock measures its age: 0
+        wall = _to_sim_time(p)
         check(p, p.chunk(wait=60)[1])
-        p.set(use_sim_time=False)
-        p.now = wall
-        p.chunk()
+        _to_wall_time(p, wall)
     return run
 
 
@@ -204,6 +221,19 @@ def check_warm_start(p: Probe, plain: np.ndarray) -> None:
     p.refuse_bad("warm_start")
     p.set(warm_start=-1.0)  # as the schedule says: full compute names no warm start
     np.testing.assert_array_equal(p.chunk(wait=60)[1], plain)
+
+
+def check_chunk_actions(p: Probe) -> None:
+    plain = p.chunk()[1]  # seed 0, no seam: the same sample every time
+    p.set(chunk_actions=-1)  # all the policy predicts from the observation's step on (8 - 1)
+    longer = p.chunk()[1]
+    assert len(plain) == 4 and len(longer) == 7
+    np.testing.assert_array_equal(longer[:4], plain)  # the same sample, further
+    p.set(chunk_actions=5)
+    np.testing.assert_array_equal(p.chunk()[1], longer[:5])
+    p.refuse_bad("chunk_actions")
+    p.set(chunk_actions=0)
+    np.testing.assert_array_equal(p.chunk()[1], plain)
 
 
 def check_publish_trajectory(p: Probe) -> None:
@@ -290,6 +320,7 @@ CHECKS = {
     "rate_hz": check_rate_hz,
     "replan_steps": check_replan_steps,
     "replan": check_replan,
+    "chunk_actions": check_chunk_actions,
     "publish_trajectory": check_publish_trajectory,
     "max_obs_age": check_max_obs_age,
     "max_chunk_age": check_max_chunk_age,

@@ -35,24 +35,40 @@ SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, cau
 # -- the rule --------------------------------------------------------------------------------
 def test_the_next_chunk_is_requested_as_many_frames_early_as_chunks_take():
     r = Replanner(0.1)
-    # Nothing measured yet: every frame asks (the robot never waits on a guess).
-    assert [r.due("latency_aware", 8) for _ in range(3)] == [True] * 3
-    assert r.lead(8) == 8
+    # Nothing measured yet: the first frame asks, then as at_end (no guess)
+    assert [i for i in range(9) if r.due("latency_aware", 8)] == [0, 8]
+    assert r.lead(8) == 8  # ... and a seam takes the whole overlap as certain to run
     r.add_age(0.25)  # arrives in the 3rd frame: request 3 frames before the chunk ends
     assert (r.lead(8), r.interval("latency_aware", 8), r.interval("at_end", 8)) == (3, 5, 8)
     r.restart()
     assert [i for i in range(11) if r.due("latency_aware", 8)] == [0, 5, 10]
     r.restart()
     assert [i for i in range(17) if r.due("at_end", 8)] == [0, 8, 16]
+    r.add_age(0.4)  # 4 frames, half a chunk: the next one still starts in time
+    assert r.interval("latency_aware", 8) == 4
     r.reset_latency()
     for _ in range(19):
         r.add_age(0.12)
     r.add_age(0.9)  # one stall in a full window is ignored by the 90% quantile ...
     assert r.lead(8) == 2
-    r.add_age(0.9)  # ... two are not
-    assert r.lead(8) == 9 and r.interval("latency_aware", 8) == 1
+    r.add_age(0.9)  # ... two are not: 9 frames, more than half a chunk: chunks cannot
+    assert r.lead(8) == 9 and r.interval("latency_aware", 8) == 8  # chain; as at_end
     r.add_age(-0.05)  # an observation stamped ahead of this clock: 0 s, not a negative lead
     assert r.ages[-1] == 0.0
+
+
+def test_longer_chunks_let_chunks_that_take_over_half_a_chunk_run_back_to_back():
+    r = Replanner(0.1)
+    r.add_age(0.6)  # 6 frames: more than half of 8 ...
+    assert r.interval("latency_aware", 8) == 8  # ... 8-action chunks cannot chain: as at_end
+    assert r.interval("latency_aware", 8, 15) == 6  # 15 can: back to back, one every 6 frames
+    assert r.interval("latency_aware", 8, 12) == 6
+    assert r.interval("at_end", 8, 15) == 8
+    r.add_age(0.3)
+    assert r.interval("latency_aware", 8, 15) == 6  # the 90% quantile: still 6 frames
+    for _ in range(2):
+        r.add_age(0.8)  # 8 frames: not even 15 actions cover two of them
+    assert r.interval("latency_aware", 8, 15) == 8
 
 
 def test_seam_weights_and_blend():
@@ -263,8 +279,8 @@ def test_evaluation_starts_chunks_by_the_rule_and_runs_them_from_their_arrival(l
     if replan == "at_end":  # every 4 ticks; the first tick of each waits (hold)
         assert starts == list(range(0, ticks, 4))
         assert line["hold_share"] == pytest.approx(len(starts) / ticks)
-    else:  # measured after the first chunk: lead 2, every 2 ticks; never waits again
-        assert starts == [0, 1] + list(range(3, ticks, 2))
+    else:  # measured once the first chunk is in: lead 2, every 2 ticks; never waits again
+        assert starts == list(range(0, ticks, 2))
         assert line["hold_share"] == pytest.approx(1 / ticks)
     # each tick runs the newest chunk arrived by then (1 tick after its observation) at the
     # action meant for that tick, or holds when that chunk has none left
@@ -275,6 +291,46 @@ def test_evaluation_starts_chunks_by_the_rule_and_runs_them_from_their_arrival(l
         assert ran == (None if k is None or k >= 4 else (arrived[-1], k)), tick
 
 
+def test_a_longer_chunk_is_the_same_sample_further(lowdim):
+    policy = Policy.from_pretrained(lowdim, device="cpu")
+    assert policy.max_chunk_actions == 7  # horizon 8 from the second observation step on
+    short = policy.predict(OBS, seed=3)
+    longer = policy.predict(OBS, seed=3, n_actions=7)
+    assert short.shape == (4, 3) and longer.shape == (7, 3)
+    np.testing.assert_array_equal(longer[:4], short)
+    np.testing.assert_array_equal(longer, policy.predict_horizon(OBS, seed=3)[1:])
+    with pytest.raises(ValueError, match=r"a chunk of 8 actions; expected 1 \.\. 7"):
+        policy.predict(OBS, seed=3, n_actions=8)
+
+
+@pytest.mark.parametrize("chunk", [0, -1])
+def test_a_slow_model_chains_long_chunks_and_holds_with_short_ones(lowdim, chunk):
+    """Each chunk takes 0.25 s (it arrives 2 ticks after its observation, 3 frames of lead):
+    more than half of the 4-action chunk, so with 4 actions latency_aware requests as at_end
+    and every chunk leaves 2 ticks without an action; with all 7 predicted actions
+    (chunk_actions -1) the chunks run back to back
+    (every 3 ticks) and, after the first one, the robot never waits."""
+    policy = SlowPolicy.from_pretrained(lowdim, device="cpu")
+    policy.latency, policy.chunks = 0.25, []
+    report = evaluate(policy, "full", episodes=1, mode="realtime", clock=policy.clock,
+                      execution=Execution(replan="latency_aware", seam="none", warm_start=0.0,
+                                          chunk_actions=chunk))
+    line, length = report["realtime"], {0: 4, -1: 7}[chunk]  # n_action_steps; all predicted
+    starts, ticks = line["starts"][0], report["per_episode"][0]["steps"]
+    assert {len(c) for c in policy.chunks} == {length}
+    if chunk:
+        assert starts == [0, *range(3, ticks, 3)]
+        assert line["hold_share"] == pytest.approx(2 / ticks)  # the first chunk's wait only
+    else:
+        assert starts == list(range(0, ticks, 4))
+        assert line["hold_share"] == pytest.approx(
+            sum(min(2, ticks - s) for s in starts) / ticks)
+    for tick, ran in enumerate(line["executed"][0]):
+        arrived = [c for c, s in enumerate(starts) if s + 2 <= tick]
+        k = tick - starts[arrived[-1]] if arrived else None
+        assert ran == (None if k is None or k >= length else (arrived[-1], k)), tick
+
+
 @pytest.mark.ros
 def test_sim_node_runs_a_chunk_from_the_action_for_its_arrival_time(ros):  # noqa: F811
     from bac_ros.io.messages import fill_chunk
@@ -283,7 +339,7 @@ def test_sim_node_runs_a_chunk_from_the_action_for_its_arrival_time(ros):  # noq
 
     # real time on the sim's own clock (each tick dt later), ticked by hand
     sim = SimNode(parameter_overrides=[rclpy.parameter.Parameter(k, value=v) for k, v in (
-        ("episodes", 1), ("images", False), ("publish_clock", True))])
+        ("episodes", 2), ("images", False), ("publish_clock", True))])
     sim.timer.cancel()
     client = rclpy.create_node("chunk_source")
     pub = client.create_publisher(ActionChunk, "action_chunk", 10)
@@ -308,6 +364,8 @@ def test_sim_node_runs_a_chunk_from_the_action_for_its_arrival_time(ros):  # noq
         while pub.get_subscription_count() == 0:
             executor.spin_once(timeout_sec=0.05)
         old = np.stack([np.linspace(0.5, 1.2, 8), np.full(8, 0.3), np.full(8, -0.2)], 1)
+        for _ in range(3):
+            sim._tick()  # no chunk yet: the arm holds
         send(old.astype(np.float32), 3)  # computed from the observation 3 ticks ago
         sim._tick()
         np.testing.assert_allclose(sim.env.command, old[3], atol=1e-6)  # not old[0]
@@ -321,7 +379,13 @@ def test_sim_node_runs_a_chunk_from_the_action_for_its_arrival_time(ros):  # noq
         send(new.astype(np.float32), 9)  # older than the one running: ignored
         sim._tick()
         np.testing.assert_allclose(sim.env.command, new[2], atol=1e-6)
-        assert sim.holds == 0
+        assert sim.holds == 3
+        sim._start_episode()  # a new world: a chunk from before it began is not run
+        send(new.astype(np.float32), 1)
+        assert sim.chunk is None
+        send(old.astype(np.float32), 0)
+        sim._tick()
+        np.testing.assert_allclose(sim.env.command, old[0], atol=1e-6)
     finally:
         client.destroy_node()
         sim.destroy_node()
@@ -363,7 +427,8 @@ def stepped_vla(tmp_path_factory):
 def test_policy_node_requests_the_next_chunk_by_its_measured_latency(running, stepped_vla):  # noqa: F811
     """Sim time; every chunk takes what the test lets it (0.15 s: it arrives 2 frames after
     its observation). With 4 actions per chunk, latency_aware requests the next one 2 frames
-    after the last, at_end 4; a schedule change forgets the estimate (request at once)."""
+    after the last, at_end 4; so does latency_aware for a chunk that takes 0.35 s (4 frames,
+    more than half a chunk) and after a schedule change, which forgets the estimate."""
     ENTERED.clear()
     r = running({"checkpoint": str(stepped_vla), "use_sim_time": True, "replan_steps": 0,
                  "replan": "latency_aware", "seam": "none", "max_obs_age": 5.0, "seed": 0,
@@ -402,8 +467,11 @@ def test_policy_node_requests_the_next_chunk_by_its_measured_latency(running, st
     assert [next_request() for _ in range(3)] == [2, 2, 2]
     p.set(replan="at_end")
     assert [next_request() for _ in range(2)] == [4, 4]
-    p.set(replan="latency_aware", schedule="uniform:2")  # latency forgotten: at once ...
-    assert next_request() == 1
+    p.set(replan="latency_aware")
+    assert next_request(latency=0.35) == 2  # the estimate is now 0.35 s: chunks cannot chain
+    assert next_request() == 4
+    p.set(schedule="uniform:2")  # latency forgotten: as at_end ...
+    assert next_request() == 4
     assert next_request() == 2  # ... until this schedule's first chunk was measured
 
 

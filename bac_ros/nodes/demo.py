@@ -4,7 +4,8 @@
 2. compile a BAC schedule from that bag (the profiler reads the policy node's observations),
 3. run sim_node and policy_node as two processes, in real time at 10 Hz, once with full
    compute and once with the BAC schedule, on the same episode seeds, with the policy node's
-   default real-time execution (config/policy.yaml: replan, seam, seam_weight, warm_start),
+   default real-time execution (config/policy.yaml: replan, seam, seam_weight, warm_start,
+   chunk_actions),
 4. print one table: success, model latency, speedup, achieved chunk rate, the share of control
    ticks without a fresh action, and the median seam jump.
 """
@@ -92,7 +93,8 @@ def main(argv=None) -> int:
     params = yaml.safe_load((SHARE / "config/policy.yaml").read_text())
     params = params["bac_policy"]["ros__parameters"]
     print("\nreal-time execution (config/policy.yaml): " + ", ".join(
-        f"{k} {params[k]}" for k in ("replan", "seam", "seam_weight", "warm_start")))
+        f"{k} {params[k]}"
+        for k in ("replan", "seam", "seam_weight", "warm_start", "chunk_actions")))
     print(f"{'method':<14}{'success':>10}{'latency ms':>12}{'speedup':>9}{'chunks/s':>10}"
           f"{'holds':>8}{'seam jump':>11}")
     for name, r in rows.items():

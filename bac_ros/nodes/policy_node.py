@@ -63,7 +63,15 @@ PARAMETERS = {
                "with rate_hz 0: at_end requests the next chunk when the current one's last "
                "action is due (every replan_steps frames); latency_aware as many frames earlier "
                "as chunks take to arrive (a high quantile of their recent ages, per schedule), "
-               "so the robot does not run out of actions"),
+               "so the robot does not run out of actions; like at_end while a chunk takes "
+               "more than half of replan_steps or chunk_actions, whichever is larger (chunks "
+               "cannot chain), or nothing is measured"),
+    "chunk_actions": (0, LIVE,
+                      "predicted actions per published chunk (0 = the policy's n_action_steps, "
+                      "-1 = all it predicts from the observation's step on); more than "
+                      "n_action_steps give the robot the policy's own next actions to run while "
+                      "a late chunk is computed instead of holding, and let a slow model chain "
+                      "chunks"),
     "seam": ("inpaint", LIVE,
              "how a new chunk joins the one being executed: none; inpaint (its denoising is "
              "guided toward the overlapping committed actions); blend (mixed with them after "
@@ -298,7 +306,7 @@ class PolicyNode(LifecycleNode):
             return
         if new_frame and s.rate_hz <= 0:
             with self.lock:
-                due = self.replanner.due(s.execution.replan, s.replan_steps)
+                due = self.replanner.due(s.execution.replan, s.replan_steps, s.chunk_actions)
             if due:
                 self._request_inference()
 
@@ -344,8 +352,9 @@ class PolicyNode(LifecycleNode):
             return
         t0 = time.perf_counter()
         try:
-            actions = policy.predict(window, seed=s.seed, **continuation(
-                s.execution, committed, stamp, policy.dt, lead, policy))
+            actions = policy.predict(
+                window, seed=s.seed, n_actions=s.chunk_actions,
+                **continuation(s.execution, committed, stamp, policy.dt, lead, policy))
         except Exception as e:  # a bad observation must cost a chunk, never the node
             self.stats["unsafe"] += 1
             self._warn("predict", f"no chunk: inference failed ({e})")
@@ -442,7 +451,8 @@ class PolicyNode(LifecycleNode):
         plan = self.policy.plan
         with self.lock:
             age = self.replanner.latency()
-            interval = self.replanner.interval(s.execution.replan, s.replan_steps)
+            interval = self.replanner.interval(s.execution.replan, s.replan_steps,
+                                               s.chunk_actions)
         values = {
             "latency_ms_mean": f"{np.mean(self.latencies) * 1e3:.2f}" if self.latencies else "",
             "overhead_ms_median": (f"{np.median(self.overheads) * 1e3:.3f}" if self.overheads

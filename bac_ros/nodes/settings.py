@@ -1,11 +1,12 @@
 """The policy node's live settings: one validation for configure and for run-time changes.
 
-Limits, limit mode, ages, seed, rate, replanning and seams are what an operator changes on a
-running robot. :func:`live_settings` checks a whole set of parameter values against the loaded
-policy and returns one immutable :class:`LiveSettings`; configure and the parameter callback
-both call it, so a value refused at one is refused at the other with the same sentence. The
-node swaps the object whole, and the inference thread reads it once per use: a limit and its
-mode always come from the same change. ROS-free, so the rules are plain functions.
+Limits, limit mode, ages, seed, rate, replanning, chunk length and seams are what an operator
+changes on a running robot. :func:`live_settings` checks a whole set of parameter values
+against the loaded policy and returns one immutable :class:`LiveSettings`; configure and the
+parameter callback both call it, so a value refused at one is refused at the other with the
+same sentence. The node swaps the object whole, and the inference thread reads it once per
+use: a limit and its mode always come from the same change. ROS-free, so the rules are plain
+functions.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class LiveSettings:
     rate_hz: float
     replan_steps: int          # resolved: 0 in the parameter means the policy's n_action_steps
     publish_trajectory: bool
-    execution: Execution       # replan, seam, seam_weight, warm_start
+    execution: Execution       # replan, seam, seam_weight, warm_start, chunk_actions
+    chunk_actions: int         # resolved: 0 in the parameter means the policy's n_action_steps
 
 
 def _limits(name: str, values, dim: int) -> np.ndarray:
@@ -87,10 +89,12 @@ def live_settings(values: Mapping, policy) -> LiveSettings:
                          "positions; expected false (feed action_chunk to a Cartesian "
                          "controller instead)")
     execution = execution_settings(values)
+    chunk_actions = execution.chunk_length(policy)
     low32, high32 = low.astype(np.float32), high.astype(np.float32)
     low32.flags.writeable = high32.flags.writeable = False
     return LiveSettings(
         low=low32, high=high32, limit_mode=values["limit_mode"], max_obs_age=max_obs_age,
         max_chunk_age=max_chunk_age or 2.0 * max_obs_age, seed=None if seed < 0 else seed,
         rate_hz=rate_hz, replan_steps=replan_steps or policy.n_action_steps,
-        publish_trajectory=bool(values["publish_trajectory"]), execution=execution)
+        publish_trajectory=bool(values["publish_trajectory"]), execution=execution,
+        chunk_actions=chunk_actions)

@@ -112,7 +112,7 @@ class SimNode(Node):
         self.chunk, self.executed, self.chunks_used = None, 0, 0
         self.running: tuple[float, np.ndarray] | None = None  # the chunk the last tick ran
         self.waiting_since, self.republished = time.monotonic(), 0.0
-        self.obs_stamp = self._publish_obs()
+        self.obs_stamp = self.episode_stamp = self._publish_obs()
 
     def _publish_obs(self) -> float:
         if self.clock_pub is not None:  # the clock first, so observers stamp with the new time
@@ -155,7 +155,8 @@ class SimNode(Node):
         stamp = stamp_seconds(msg.header)
         self.inference_times.append(float(msg.inference_time))
         self.chunk_arrivals.append(time.monotonic())
-        if self.chunk is None or stamp >= self.chunk[0]:
+        # the newest chunk wins; one computed before this episode began is not for this world
+        if stamp >= self.episode_stamp - 1e-6 and (self.chunk is None or stamp >= self.chunk[0]):
             self.chunk = (stamp, actions)
 
     def _action_now(self, chunk=None) -> np.ndarray | None:

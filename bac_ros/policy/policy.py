@@ -413,8 +413,10 @@ class Policy:
                 generator: Generators = None, batched: bool = False,
                 committed: np.ndarray | None = None, committed_offset: int = 0,
                 committed_weights: np.ndarray | None = None,
-                warm_start: int | None = None) -> np.ndarray:
-        """The executable chunk: (n_action_steps, action_dim), or with a leading batch axis.
+                warm_start: int | None = None, n_actions: int | None = None) -> np.ndarray:
+        """The executable chunk: (n_action_steps, action_dim), or with a leading batch axis;
+        ``n_actions`` (1 .. :attr:`max_chunk_actions`) takes more or fewer of the predicted
+        actions from the same sample (its first n_action_steps are the default chunk).
 
         Real-time chunking: ``committed`` is the chunk the robot is executing ((n, Da), or
         (B, n, Da)), stamped ``committed_offset`` control steps before this observation, so
@@ -424,10 +426,20 @@ class Policy:
         exactly), so the seam does not jump. ``warm_start`` (steps skipped; None: the
         schedule's own) starts sampling from the committed actions shifted and re-noised
         instead of pure noise (0: plain sampling)."""
+        n = self.n_action_steps if n_actions is None else int(n_actions)
+        if not 1 <= n <= self.max_chunk_actions:
+            raise ValueError(f"a chunk of {n_actions} actions; expected 1 .. "
+                             f"{self.max_chunk_actions} (the predicted actions from this "
+                             "observation's step on)")
         pred = self.predict_horizon(obs, seed, generator, batched, committed, committed_offset,
                                     committed_weights, warm_start)
         s = self.action_offset
-        return pred[..., s : s + self.n_action_steps, :]
+        return pred[..., s : s + n, :]
+
+    @property
+    def max_chunk_actions(self) -> int:
+        """Predicted actions from the current step on: the longest chunk :meth:`predict` gives."""
+        return self.horizon - self.action_offset
 
     # -- profiling and schedules -----------------------------------------------------------
     def profile(self, observations: Sequence[Mapping[str, np.ndarray]], batch_size: int = 8,

@@ -40,11 +40,23 @@ class Execution:
     seam: str = "inpaint"
     seam_weight: float = 0.5  # first uncommitted overlapping action; each later one: times this
     warm_start: float = -1.0  # fraction of the sampler's steps skipped; -1: the schedule's own
+    chunk_actions: int = 0  # predicted actions per chunk to run; 0: n_action_steps, -1: all
 
     def warm_steps(self, num_steps: int) -> int | None:
         """Denoising steps a warm start skips with a sampler of ``num_steps`` (None: as the
         schedule says)."""
         return None if self.warm_start < 0 else int(self.warm_start * num_steps + 1e-9)
+
+    def chunk_length(self, policy) -> int:
+        """Actions per chunk for ``policy``; ValueError when it predicts fewer."""
+        n = {0: policy.n_action_steps, -1: policy.max_chunk_actions}.get(self.chunk_actions,
+                                                                         self.chunk_actions)
+        if n > policy.max_chunk_actions:
+            raise ValueError(f"chunk_actions is {n}; this policy predicts "
+                             f"{policy.max_chunk_actions} actions from the current step on "
+                             f"(expected 0 for its n_action_steps, {policy.n_action_steps}, -1 "
+                             f"for all of them, or 1 .. {policy.max_chunk_actions})")
+        return n
 
 
 def execution_settings(values: Mapping) -> Execution:
@@ -62,14 +74,28 @@ def execution_settings(values: Mapping) -> Execution:
     if not (warm == -1.0 or 0.0 <= warm < 1.0):
         raise ValueError(f"warm_start is {warm}; expected -1 (as the schedule says) or the "
                          "fraction of denoising steps to skip, 0 <= f < 1")
-    return Execution(values["replan"], values["seam"], weight, warm)
+    chunk = int(values["chunk_actions"])
+    if chunk < -1:
+        raise ValueError(f"chunk_actions is {chunk}; expected 0 (the policy's n_action_steps), "
+                         "-1 (every action it predicts) or the number of actions per chunk")
+    return Execution(values["replan"], values["seam"], weight, warm, chunk)
 
 
 class Replanner:
     """Frame-driven chunk requests: :meth:`due` once per new observation frame says whether to
     request a chunk now. ``at_end`` every ``replan_steps`` frames; ``latency_aware`` every
     ``replan_steps - lead`` frames, where ``lead`` = ceil(estimated chunk age / dt) is how many
-    frames a chunk needs to arrive (a request while one is running waits for it, as ever)."""
+    frames a chunk needs to arrive (a request while one is running waits for it, as ever).
+
+    One model computes one chunk at a time, so the next request can only start when the
+    previous chunk is done: chunks of ``chunk_steps`` actions chain without a gap only while
+    ``2 * lead <= chunk_steps``; past ``replan_steps - lead`` frames they then run back to
+    back (every ``lead`` frames). Beyond that (and before anything is measured)
+    ``latency_aware`` requests like ``at_end``: an earlier request would still arrive after the
+    current chunk's end, from an observation taken while the robot moved, and add a seam no
+    committed action covers (measured: far larger jumps and lower success than holding,
+    bench/realtime.py). Chunks longer than ``replan_steps`` (the policy's predicted actions
+    past n_action_steps, ``chunk_actions``) are what lets a slow model chain."""
 
     def __init__(self, dt: float):
         self.dt = float(dt)
@@ -95,20 +121,24 @@ class Replanner:
         return float(np.quantile(np.asarray(self.ages), LATENCY_QUANTILE, method="higher"))
 
     def lead(self, replan_steps: int) -> int:
-        """Frames a chunk needs from its observation to the executor; nothing measured yet:
-        ``replan_steps`` (request at once, so the robot never waits on a guess)."""
+        """Frames a chunk needs from its observation to the executor (nothing measured yet:
+        ``replan_steps``, so a seam treats the whole overlap as certain to run)."""
         latency = self.latency()
         return replan_steps if latency is None else math.ceil(latency / self.dt - 1e-9)
 
-    def interval(self, replan: str, replan_steps: int) -> int:
-        if replan == "at_end":
+    def interval(self, replan: str, replan_steps: int, chunk_steps: int | None = None) -> int:
+        lead = self.lead(replan_steps)
+        if replan == "at_end" or self.latency() is None or \
+                2 * lead > max(replan_steps, chunk_steps or 0):
             return replan_steps
-        return max(1, replan_steps - self.lead(replan_steps))
+        return max(1, lead, replan_steps - lead)
 
-    def due(self, replan: str, replan_steps: int) -> bool:
-        """Count one new frame; True when a chunk should be requested now."""
+    def due(self, replan: str, replan_steps: int, chunk_steps: int | None = None) -> bool:
+        """Count one new frame; True when a chunk should be requested now (``chunk_steps``:
+        actions per chunk, default ``replan_steps``)."""
         self.frames_since = None if self.frames_since is None else self.frames_since + 1
-        if self.frames_since is None or self.frames_since >= self.interval(replan, replan_steps):
+        if self.frames_since is None or \
+                self.frames_since >= self.interval(replan, replan_steps, chunk_steps):
             self.frames_since = 0
             return True
         return False

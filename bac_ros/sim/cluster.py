@@ -261,6 +261,9 @@ class Cluster:
         try:
             if self.workers:
                 ngpu = 0 if self.device == "cpu" else torch.cuda.device_count()
+                # Ray starts workers at niceness 15: beside any other job on this machine they
+                # would get a fraction of a core, unlike the single process they replace
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(num_cpus=self.workers * self.threads, num_gpus=ngpu, **quiet)
             else:
                 ray.init(address=self.address, **quiet)

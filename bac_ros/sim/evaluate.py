@@ -172,6 +172,7 @@ def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution
     rule, one :meth:`Replanner.due` per observation frame; one that comes while an inference
     runs waits for it, then starts from the newest observation, as on the node's one thread."""
     dt, n, line = policy.dt, policy.n_action_steps, _Timeline()
+    length = ex.chunk_length(policy)
     planner = Replanner(dt)
     # in force: (stamp, actions, number); computing: (stamp, arrival, actions, age, number)
     chunk = flight = None
@@ -182,7 +183,7 @@ def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution
         stamp = tick * dt
         committed = None if chunk is None else chunk[:2]
         t0 = clock()
-        actions = policy.predict(e.window(), generator=g,
+        actions = policy.predict(e.window(), generator=g, n_actions=length,
                                  **continuation(ex, committed, stamp, dt, lead, policy))
         latency = clock() - t0
         actions = blended(ex, committed, stamp, dt, lead, actions)
@@ -193,7 +194,7 @@ def _live_episode(policy: Policy, e: _Episode, g: torch.Generator, ex: Execution
                 len(line.starts) - 1)
 
     while not e.done:
-        if planner.due(ex.replan, n):
+        if planner.due(ex.replan, n, length):
             if flight is None:
                 flight = start()
             else:
