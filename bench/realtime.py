@@ -108,6 +108,33 @@ HEADER = (f"{'method':<10} {'rule':<36} {'load':<6} {'success':>8} {'lat ms':>9}
           f"{'holds':>7} {'seam jump':>15} {'own step':>13} {'run step':>13}")
 
 
+def markdown(out: dict, command: str) -> str:
+    """The rows of a run (``--json``) as a markdown table, with how to reproduce them."""
+    def num(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    ckpt = Path(out["checkpoint"])
+    ckpt = ckpt.relative_to(ROOT) if ckpt.is_relative_to(ROOT) else ckpt
+    lines = [f"`{ckpt}`, {out['episodes']} episodes per row (seeds from 100000), "
+             f"{out['machine']['cpus']} CPUs, {out['machine']['torch_threads']} torch thread(s); "
+             f"loaded = {out['load_processes']} busy processes beside it. Reproduce: "
+             f"`{command}`", "",
+             "| method | rule | load | success | 95% CI | latency ms | holds | seam jump "
+             "median / p95 | own step median / p95 | executed step p95 / max |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in out["rows"]:
+        lo, hi = r["ci95"]
+        rt = "hold_share" in r
+        lines.append(
+            f"| {r['method']} | {r['rule']} | {r['load']} | {r['success_rate']:.0%} | "
+            f"{lo:.0%} – {hi:.0%} | {r['mean_latency_ms']:.0f} | "
+            + (f"{r['hold_share']:.0%} | {num(r['seam_jump_median'])} / "
+               f"{num(r['seam_jump_p95'])} | {num(r['step_change_median'])} / "
+               f"{num(r['step_change_p95'])} | {num(r['executed_step_p95'])} / "
+               f"{num(r['executed_step_max'])} |" if rt else "– | – | – | – |"))
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,7 +153,17 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-lockstep", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--markdown", type=Path, help="also write the rows as a markdown table")
+    ap.add_argument("--from-json", type=Path, help="only render --markdown from a saved --json")
     args = ap.parse_args(argv)
+    command = "python bench/realtime.py " + " ".join(
+        a for a in (argv if argv is not None else sys.argv[1:]))
+    if args.from_json:
+        if not args.markdown:
+            raise SystemExit("--from-json renders a saved run: give --markdown FILE too")
+        saved = json.loads(args.from_json.read_text())
+        args.markdown.write_text(markdown(saved, saved.get("command", command)))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = Policy.from_pretrained(args.checkpoint, device="cpu")
@@ -138,7 +175,7 @@ def main(argv=None) -> int:
     out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "torch_threads": torch.get_num_threads()},
            "checkpoint": str(args.checkpoint), "episodes": args.episodes,
-           "load_processes": args.load, "rows": []}
+           "load_processes": args.load, "command": command, "rows": []}
     print(f"{args.episodes} episodes per row, seeds {args.seed}.., torch threads "
           f"{torch.get_num_threads()}, load = {args.load} busy processes\n", flush=True)
     print(HEADER, flush=True)
@@ -172,6 +209,8 @@ def main(argv=None) -> int:
                                  mode="realtime", execution=parse_rule(rule), lag_ticks=lag)
                     record(args.lag_method, f"{rule} lag +{lag}", "loaded", r)
     print(f"\n{time.perf_counter() - t0:.0f} s in all", flush=True)
+    if args.markdown:
+        args.markdown.write_text(markdown(out, command))
     return 0
 
 

@@ -167,7 +167,8 @@ class Running:
 
 LAG = 1.0  # every observation is stamped this long ago (see the age checks)
 BASE = {"replan_steps": 1, "rate_hz": 0.0, "seed": 0, "max_obs_age": 5.0,
-        "action_low": [-10.0], "action_high": [10.0], "replan": "at_end", "seam": "none"}
+        "action_low": [-10.0], "action_high": [10.0], "replan": "at_end", "seam": "none",
+        "chunk_actions": 0}
 # One bad value per validated parameter, with words of the sentence refusing it.
 BAD = {
     "action_high": ([math.nan], "are not ordered numbers"),

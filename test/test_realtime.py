@@ -64,6 +64,8 @@ def test_longer_chunks_let_chunks_that_take_over_half_a_chunk_run_back_to_back()
     assert r.interval("latency_aware", 8, 15) == 6  # 15 can: back to back, one every 6 frames
     assert r.interval("latency_aware", 8, 12) == 6
     assert r.interval("at_end", 8, 15) == 8
+    assert r.interval("latency_aware", 4, 15) == 4  # never later than at_end (it would wait)
+    assert r.interval("latency_aware", 1, 15) == 1  # every frame (lockstep launches)
     r.add_age(0.3)
     assert r.interval("latency_aware", 8, 15) == 6  # the 90% quantile: still 6 frames
     for _ in range(2):
@@ -272,7 +274,8 @@ def test_evaluation_starts_chunks_by_the_rule_and_runs_them_from_their_arrival(l
     policy = SlowPolicy.from_pretrained(lowdim, device="cpu")
     policy.chunks = []
     report = evaluate(policy, "full", episodes=1, mode="realtime", clock=policy.clock,
-                      execution=Execution(replan=replan, seam="none", warm_start=0.0))
+                      execution=Execution(replan=replan, seam="none", warm_start=0.0,
+                                          chunk_actions=0))
     line = report["realtime"]
     starts, ticks = line["starts"][0], report["per_episode"][0]["steps"]
     # 0.15 s: a chunk arrives 1 tick after its observation; 4 actions per chunk

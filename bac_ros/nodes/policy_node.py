@@ -66,7 +66,7 @@ PARAMETERS = {
                "so the robot does not run out of actions; like at_end while a chunk takes "
                "more than half of replan_steps or chunk_actions, whichever is larger (chunks "
                "cannot chain), or nothing is measured"),
-    "chunk_actions": (0, LIVE,
+    "chunk_actions": (-1, LIVE,
                       "predicted actions per published chunk (0 = the policy's n_action_steps, "
                       "-1 = all it predicts from the observation's step on); more than "
                       "n_action_steps give the robot the policy's own next actions to run while "

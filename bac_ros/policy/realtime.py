@@ -40,7 +40,7 @@ class Execution:
     seam: str = "inpaint"
     seam_weight: float = 0.5  # first uncommitted overlapping action; each later one: times this
     warm_start: float = -1.0  # fraction of the sampler's steps skipped; -1: the schedule's own
-    chunk_actions: int = 0  # predicted actions per chunk to run; 0: n_action_steps, -1: all
+    chunk_actions: int = -1  # predicted actions per chunk to run; 0: n_action_steps, -1: all
 
     def warm_steps(self, num_steps: int) -> int | None:
         """Denoising steps a warm start skips with a sampler of ``num_steps`` (None: as the
@@ -131,7 +131,8 @@ class Replanner:
         if replan == "at_end" or self.latency() is None or \
                 2 * lead > max(replan_steps, chunk_steps or 0):
             return replan_steps
-        return max(1, lead, replan_steps - lead)
+        # never later than at_end: a request while a chunk runs waits for it anyway
+        return max(1, min(replan_steps, max(lead, replan_steps - lead)))
 
     def due(self, replan: str, replan_steps: int, chunk_steps: int | None = None) -> bool:
         """Count one new frame; True when a chunk should be requested now (``chunk_steps``:

@@ -34,7 +34,8 @@ from bac_ros.policy.realtime import Execution, Replanner, blended, continuation
 from bac_ros.sim.tasks import Env, Task, make_env, task_of
 
 MODES = ("lockstep", "realtime")
-AT_END = Execution(replan="at_end", seam="none", warm_start=0.0)  # request when the chunk ends
+# request when the chunk ends, run n_action_steps of it
+AT_END = Execution(replan="at_end", seam="none", warm_start=0.0, chunk_actions=0)
 
 
 def apply_method(policy: Policy, method: str) -> None:
