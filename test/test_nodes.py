@@ -83,8 +83,8 @@ def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, 
             for d in diags), 10)
     finally:
         stop_policy_node(node, executor, thread)
-    for c in chunks:
-        assert (c.horizon, c.action_dim) == (4, 3) and len(c.actions) == 12
+    for c in chunks:  # chunk_actions -1 (default): all 7 actions predicted from the obs step on
+        assert (c.horizon, c.action_dim) == (7, 3) and len(c.actions) == 21
         assert list(c.action_names) == ["joint1", "joint2", "joint3"]
         assert c.dt == pytest.approx(0.1) and c.inference_time > 0
         stamp = c.header.stamp.sec + c.header.stamp.nanosec * 1e-9
@@ -95,9 +95,8 @@ def test_policy_node_publishes_stamped_chunks_and_trajectories(ros, image_ckpt, 
     assert float(last["latency_ms_mean"]) > 0 and last["cache_update_ratio"] == "1.0000"
     assert last["rejected_msgs"] == "0" and last["schedule_id"] == ""
     t = trajs[0]
-    assert list(t.joint_names) == ["joint1", "joint2", "joint3"] and len(t.points) == 4
-    assert [p.time_from_start.nanosec for p in t.points] == [0, 100_000_000, 200_000_000,
-                                                             300_000_000]
+    assert list(t.joint_names) == ["joint1", "joint2", "joint3"] and len(t.points) == 7
+    assert [p.time_from_start.nanosec for p in t.points] == [k * 100_000_000 for k in range(7)]
     match = [c for c in chunks if c.header.stamp == t.header.stamp][0]
     np.testing.assert_allclose(np.asarray(t.points[1].positions),
                                np.asarray(match.actions[3:6]), atol=1e-6)
@@ -327,7 +326,7 @@ def test_compressed_camera_input(ros, image_ckpt):
         assert spin_until(local, lambda: len(chunks) >= 1, 30)
     finally:
         stop_policy_node(node, executor, thread)
-    assert (chunks[0].horizon, chunks[0].action_dim) == (4, 3)
+    assert (chunks[0].horizon, chunks[0].action_dim) == (7, 3)  # all 7 predicted (default)
 
 
 def test_config_files_list_every_declared_parameter():

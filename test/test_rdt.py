@@ -539,6 +539,6 @@ def test_policy_node_serves_the_vla_and_follows_the_instruction_topic(vla_ckpt):
     finally:
         stop_policy_node(node, executor, thread)
         rclpy.try_shutdown()
-    for c in chunks:
-        assert (c.horizon, c.action_dim) == (4, 3) and len(c.actions) == 12
+    for c in chunks:  # chunk_actions -1 (default): the head's whole 8-action horizon
+        assert (c.horizon, c.action_dim) == (8, 3) and len(c.actions) == 24
         assert np.isfinite(c.actions).all() and c.inference_time > 0

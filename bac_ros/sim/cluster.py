@@ -264,7 +264,9 @@ class Cluster:
                 # Ray starts workers at niceness 15: beside any other job on this machine they
                 # would get a fraction of a core, unlike the single process they replace
                 os.environ.setdefault("RAY_worker_niceness", "0")
-                ray.init(num_cpus=self.workers * self.threads, num_gpus=ngpu, **quiet)
+                # address "local": a new Ray of our own, even where `ray start` runs one here
+                ray.init(address="local", num_cpus=self.workers * self.threads, num_gpus=ngpu,
+                         **quiet)
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, RuntimeError) as err:  # RuntimeError: another Ray version
