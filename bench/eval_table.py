@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from bac_ros.policy.policy import Policy
+from bac_ros.policy.timing import device_label
 from bac_ros.sim.demos import generate_demos, load_npz
 from bac_ros.sim.evaluate import evaluate
 from bac_ros.train.dataset import observation_windows
@@ -76,8 +74,7 @@ def main(argv=None) -> int:
               f"flops {r['flop_ratio']:5.2f}x latency {r['mean_latency_ms']:7.1f} ms "
               f"({r['wall_s']:.0f} s)", flush=True)
 
-    device = (torch.cuda.get_device_name(policy.device) if policy.device.type == "cuda"
-              else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+    device = device_label(policy.device)
     lines = [
         f"# Closed-loop success: `{args.checkpoint}`",
         "",

@@ -36,7 +36,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -53,7 +52,7 @@ import torch  # noqa: E402
 
 from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
 from bac_ros.policy.policy import Policy  # noqa: E402
-from bac_ros.policy.timing import time_interleaved  # noqa: E402
+from bac_ros.policy.timing import device_label, time_interleaved  # noqa: E402
 from bac_ros.sim import cluster  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
@@ -92,12 +91,6 @@ class PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._rss())
-
-
-def device_label(policy: Policy) -> str:
-    if policy.device.type == "cuda":
-        return torch.cuda.get_device_name(policy.device)
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool,
@@ -317,7 +310,7 @@ def measure_model(ckpt: Path, args, log) -> tuple[dict, Policy, list]:
             # lockstep reports the side-by-side median; real time waits it out
             jobs.append((row, on_time, cluster.Cell(str(ckpt), method, mode, args.seed,
                                                     args.episodes, med, args.device)))
-    res = {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy),
+    res = {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy.device),
            "cost": cost, "rows": rows}
     return res, policy, jobs
 
@@ -523,7 +516,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else args.device if args.device != "auto" else "cpu")
-    slug = "" if device.type == "cpu" else "_" + torch.cuda.get_device_name(device).replace(
+    slug = "" if device.type == "cpu" else "_" + device_label(device).replace(
         " ", "_")
     docs = ROOT / ("out" if args.quick else "docs")  # a quick run never replaces the docs
     out = args.out or docs / f"BENCHMARKS{slug}.md"

@@ -23,6 +23,7 @@ from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import PAPER_MODEL, new_checkpoint
 from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
 from bac_ros.policy.policy import Policy, resolve_device
+from bac_ros.policy.timing import device_label
 from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.train.dataset import SequenceSampler
 
@@ -299,8 +300,7 @@ def train(
                               for k, v in ema.shadow.obs_encoder.state_dict().items()})
     final.config["training"] = {
         **asdict(cfg), "steps_done": step, "episodes": int(len(data["episode_ends"])),
-        "windows": len(sampler), "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda" else "cpu", "seconds": round(elapsed, 1),
+        "windows": len(sampler), "device": device_label(dev), "seconds": round(elapsed, 1),
         "final_loss": float(np.mean(losses[-200:])) if losses else None,
     }
     save_native(final, out)
