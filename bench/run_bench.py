@@ -50,6 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bac_ros.nodes.overhead import measure as node_overhead  # noqa: E402
 from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
 from bac_ros.policy.policy import Policy  # noqa: E402
 from bac_ros.policy.timing import device_label, time_interleaved  # noqa: E402
@@ -59,8 +60,6 @@ from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
 from bac_ros.train.dataset import observation_windows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from node_overhead import measure as node_overhead  # noqa: E402
 
 FAMILIES = ("full", "DDIM", "DDPM few-step", "uniform", "BAC k=5", "BAC k=0", "unified",
             "shared budget", "BAC on DDIM", "bac tune")
