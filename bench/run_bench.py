@@ -51,7 +51,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bac_ros.nodes.overhead import measure as node_overhead  # noqa: E402
-from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
+from bac_ros.policy.fidelity import (  # noqa: E402
+    CANDIDATE_SEED,
+    REFERENCE_SEED,
+    draw_chunks,
+    fidelity,
+    spearman,
+    step_rmse,
+)
 from bac_ros.policy.policy import Policy  # noqa: E402
 from bac_ros.policy.timing import device_label, time_interleaved  # noqa: E402
 from bac_ros.sim import cluster  # noqa: E402
@@ -167,11 +174,11 @@ def action_errors(policy: Policy, methods: dict, obs: list[dict]) -> dict:
 def fidelity_scores(policy: Policy, methods: dict, obs: list[dict], n_samples: int) -> dict:
     """Offline fidelity of every method against full compute (see bac_ros.policy.fidelity)."""
     apply_method(policy, "full")
-    reference = draw_chunks(policy, obs, n_samples, seed=1000)
+    reference = draw_chunks(policy, obs, n_samples, seed=REFERENCE_SEED)
     out = {}
     for name, (_, method) in methods.items():
         apply_method(policy, method)
-        out[name] = fidelity(reference, draw_chunks(policy, obs, n_samples, seed=2000))
+        out[name] = fidelity(reference, draw_chunks(policy, obs, n_samples, seed=CANDIDATE_SEED))
     return out
 
 

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from bac_ros.cache.schedule import Schedule, provenance
-from bac_ros.policy.fidelity import draw_chunks, fidelity
+from bac_ros.policy.fidelity import (
+    CANDIDATE_SEED,
+    REFERENCE_SEED,
+    SEARCH_SEED,
+    draw_chunks,
+    fidelity,
+)
 from bac_ros.policy.timing import time_interleaved
 
 #: (scheduler type, step counts, budgets of the schedules compiled on top of it (() = full
@@ -115,7 +121,7 @@ def refine(policy, schedule: Schedule, observations: Sequence[Mapping[str, np.nd
 
     def score(steps: dict) -> float:
         policy.set_schedule(Schedule(schedule.fingerprint, schedule.sampler, steps))
-        chunks = draw_chunks(policy, observations, n_samples, seed=3000)
+        chunks = draw_chunks(policy, observations, n_samples, seed=SEARCH_SEED)
         return fidelity(reference, chunks)["energy"]
 
     steps = {n: list(v) for n, v in schedule.steps.items()}
@@ -164,8 +170,8 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
     full_ms = _latencies(policy, [None], probe, repeats)[0]
     log(f"full compute {full_ms:.1f} ms")
     fid_obs = list(observations[:fidelity_obs])
-    reference = draw_chunks(policy, fid_obs, n_samples, seed=1000)
-    floor = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000))
+    reference = draw_chunks(policy, fid_obs, n_samples, seed=REFERENCE_SEED)
+    floor = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=CANDIDATE_SEED))
     cands = candidates(policy, observations, space, log)
 
     def measure(c: Candidate) -> None:
@@ -177,7 +183,8 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
         c.speedup = full / c.latency_ms
         if (c.latency_ms <= latency_ms) if latency_ms is not None else (c.speedup >= speedup):
             policy.set_schedule(c.schedule)
-            c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000))
+            c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples,
+                                                       seed=CANDIDATE_SEED))
             log(f"{c.name:<24} {c.latency_ms:7.1f} ms {c.speedup:5.2f}x energy "
                 f"{c.scores['energy']:.4f} ± {c.scores['energy_sem']:.4f}")
 
