@@ -68,8 +68,7 @@ def every_step_schedule(policy, source: str = "") -> Schedule:
 
 def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=DEFAULT_SPACE,
                log: Callable[[str], None] = print) -> list[Candidate]:
-    out, trained = [], (policy.config["noise_scheduler"]["type"],
-                        int(policy.config["policy"].get("num_inference_steps", 100)))
+    out, trained = [], (policy.config["noise_scheduler"]["type"], policy.trained_steps)
     for kind, counts, budgets, allocations in space:
         for K in counts:
             policy.set_sampler(kind, K)

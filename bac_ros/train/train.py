@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bac_ros.cache.schedulers import DEFAULT_SCHEDULER, build_scheduler
+from bac_ros.cache.schedulers import DEFAULT_INFERENCE_STEPS, DEFAULT_SCHEDULER, build_scheduler
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import PAPER_MODEL, new_checkpoint
 from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
@@ -130,7 +130,7 @@ def build_initial(cfg: TrainConfig, data: dict, spec: TaskSpec | ArmTaskConfig) 
         obs, len(spec.action_names), _normalizer(data, obs), horizon=cfg.horizon,
         n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps, model=cfg.model,
         obs_encoder=IMAGE_ENCODER if images else None,
-        scheduler=DEFAULT_SCHEDULER, num_inference_steps=100, dt=spec.dt,
+        scheduler=DEFAULT_SCHEDULER, num_inference_steps=DEFAULT_INFERENCE_STEPS, dt=spec.dt,
         action_names=list(spec.action_names), seed=cfg.seed,
     )
     ckpt.config["policy"]["action_type"] = spec.action_type
