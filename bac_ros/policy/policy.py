@@ -312,12 +312,18 @@ class Policy:
     def conditions(self, obs: Mapping[str, np.ndarray], batched: bool = False) -> torch.Tensor:
         """Normalised observation features (B, To, D): the model condition (or inpainted obs)."""
         nobs = self.normalized(obs, batched)
-        B = next(iter(nobs.values())).shape[0]
         with torch.inference_mode():
-            if self.obs_encoder is not None:
-                flat = {k: v.reshape(-1, *v.shape[2:]).to(self.dtype) for k, v in nobs.items()}
-                return self.obs_encoder(flat).reshape(B, self.n_obs_steps, -1)
-            return torch.cat([v.reshape(B, self.n_obs_steps, -1) for v in nobs.values()], -1)
+            return self.features(nobs)
+
+    def features(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, To, D) features of normalised observations ((B, To, ...) per key, in observation
+        order): the observation encoder's, or the low-dim vectors side by side. Training calls
+        it with gradients on."""
+        B = next(iter(nobs.values())).shape[0]
+        if self.obs_encoder is not None:
+            flat = {k: v.reshape(-1, *v.shape[2:]).to(self.dtype) for k, v in nobs.items()}
+            return self.obs_encoder(flat).reshape(B, self.n_obs_steps, -1)
+        return torch.cat([v.reshape(B, self.n_obs_steps, -1) for v in nobs.values()], -1)
 
     def _sample(self, feats: torch.Tensor, generator, plan, recorder=None,
                 continuation=None) -> torch.Tensor:
