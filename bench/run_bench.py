@@ -61,6 +61,7 @@ from bac_ros.policy.fidelity import (  # noqa: E402
 )
 from bac_ros.policy.policy import Policy  # noqa: E402
 from bac_ros.policy.timing import device_label, time_interleaved  # noqa: E402
+from bac_ros.policy.tune import profile_and_compile  # noqa: E402
 from bac_ros.sim import cluster  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
@@ -111,39 +112,31 @@ def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool,
     for n in ((10,) if quick else (10, 16, 25)):  # beyond the paper: stochastic, fewer steps
         methods[f"DDPM-{n}"] = ("DDPM few-step", f"ddpm:{n}")
     folder.mkdir(parents=True, exist_ok=True)
-    cost = {}
+    rows = []  # (name, family, (S, k, allocation))
+    for S in budgets:
+        rows += [(f"BAC S={S} k={k}", f"BAC k={k}", (S, k, "per_block")) for k in (5, 0)]
+        if S == 10:  # the paper's ablation: one schedule shared by every block
+            rows.append((f"unified S={S}", "unified", (S, 5, "unified")))
+        rows.append((f"shared S={S} k=5", "shared budget", (S, 5, "shared")))
     with PeakRSS() as mem:
         if policy.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(policy.device)
-        t0 = time.perf_counter()
-        result = policy.profile(obs, batch_size=16)
-        cost["profile_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        compiled = []
-        for S in budgets:
-            for k in (5, 0):
-                compiled.append((f"BAC S={S} k={k}", f"BAC k={k}",
-                                 policy.compile_schedule(result, S, k, source="expert demos")))
-            if S == 10:  # the paper's ablation: one schedule shared by every block
-                compiled.append((f"unified S={S}", "unified",
-                                 policy.compile_schedule(result, S, allocation="unified")))
-            compiled.append((f"shared S={S} k=5", "shared budget",
-                             policy.compile_schedule(result, S, 5, allocation="shared")))
-        cost["compile_s_per_schedule"] = (time.perf_counter() - t0) / len(compiled)
-    cost["observations"] = len(obs)
-    cost["peak_rss_mb"] = mem.peak / 2**20
-    cost["rss_growth_mb"] = (mem.peak - mem.base) / 2**20
+        made = profile_and_compile(policy, obs, [v for *_, v in rows], source="expert demos")
+    cost = {"profile_s": made.profile_s, "compile_s_per_schedule": made.compile_s / len(rows),
+            "observations": len(obs), "peak_rss_mb": mem.peak / 2**20,
+            "rss_growth_mb": (mem.peak - mem.base) / 2**20}
     if policy.device.type == "cuda":
         cost["cuda_peak_mb"] = torch.cuda.max_memory_allocated(policy.device) / 2**20
     for S in budgets:
         every = max(1, round(K / S))
         methods[f"uniform:{every}"] = ("uniform", f"uniform:{every}")
-    for name, family, sched in compiled:
+    for (name, family, _), sched in zip(rows, made.schedules):
         methods[name] = (family, f"bac:{sched.save(folder / (sched.method['name'] + '.yaml'))}")
     policy.set_sampler("DDIMScheduler", 25)  # BAC on top of a deterministic few-step sampler
-    ddim = policy.profile(obs, batch_size=16)
-    for S in ((10,) if quick else (5, 10)):
-        sched = policy.compile_schedule(ddim, S, 5, source="expert demos")
+    on_ddim = (10,) if quick else (5, 10)
+    ddim = profile_and_compile(policy, obs, [(S, 5, "per_block") for S in on_ddim],
+                               source="expert demos")
+    for S, sched in zip(on_ddim, ddim.schedules):
         path = sched.save(folder / f"ddim25_{sched.method['name']}.yaml")
         methods[f"DDIM-25 + BAC S={S}"] = ("BAC on DDIM", f"bac:{path}")
     policy.use_trained_sampler()

@@ -16,7 +16,7 @@ from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.fidelity import REFERENCE_SEED, SEARCH_SEED, draw_chunks, fidelity
 from bac_ros.policy.observations import save_observations
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.tune import every_step_schedule, refine, tune
+from bac_ros.policy.tune import every_step_schedule, profile_and_compile, refine, tune
 
 SPACE = (("DDPMScheduler", (12,), (3, 6), ("per_block", "shared")),
          ("DDIMScheduler", (4,), (), ()))
@@ -67,6 +67,21 @@ def test_an_impossible_budget_is_one_clear_error(setup):
              repeats=1, log=lambda s: None)
     with pytest.raises(ValueError, match="exactly one budget"):
         tune(policy, obs, space=SPACE)
+
+
+def test_profile_and_compile_makes_every_variant_from_one_profile(setup):
+    """The one profile-and-compile step `bac tune` and the bench scripts share."""
+    path, obs, _ = setup
+    policy = Policy.from_pretrained(path, device="cpu")
+    variants = [(3, 5, "per_block"), (3, 0, "per_block"), (6, 5, "shared"), (6, 5, "unified")]
+    made = profile_and_compile(policy, obs, variants, source="unit test")
+    assert made.profile.num_steps == 12 and made.profile_s > 0 and made.compile_s > 0
+    assert [(s.method["budget"], s.method["allocation"]) for s in made.schedules] == \
+        [(S, a) for S, _, a in variants]
+    again = [policy.compile_schedule(made.profile, S, k, source="unit test", allocation=a)
+             for S, k, a in variants]
+    assert [s.steps for s in made.schedules] == [s.steps for s in again]
+    assert all(s.provenance["source"] == "unit test" for s in made.schedules)
 
 
 def test_every_step_schedule_is_full_compute_of_its_sampler(setup):

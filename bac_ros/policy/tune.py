@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bac_ros.cache.profile import ProfileResult
 from bac_ros.cache.schedule import Schedule, provenance
 from bac_ros.policy.fidelity import (
     CANDIDATE_SEED,
@@ -66,6 +67,29 @@ def every_step_schedule(policy, source: str = "") -> Schedule:
                     method={"name": "full"}, provenance=provenance(source, 0))
 
 
+@dataclass
+class Compiled:
+    """Schedules compiled from one profile of a sampler, and what making them cost (s)."""
+
+    profile: ProfileResult
+    schedules: list[Schedule]
+    profile_s: float
+    compile_s: float
+
+
+def profile_and_compile(policy, observations: Sequence[Mapping[str, np.ndarray]],
+                        variants: Sequence[tuple[int, int, str]], source: str | Path = "",
+                        batch_size: int = 16) -> Compiled:
+    """Profile the policy's current sampler once on ``observations``, then compile one
+    schedule per (budget S, BUA blocks k, allocation) of ``variants``, in their order."""
+    t0 = time.perf_counter()
+    result = policy.profile(observations, batch_size=batch_size)
+    t1 = time.perf_counter()
+    schedules = [policy.compile_schedule(result, S, k, source=source, allocation=alloc)
+                 for S, k, alloc in variants]
+    return Compiled(result, schedules, t1 - t0, time.perf_counter() - t1)
+
+
 def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=DEFAULT_SPACE,
                log: Callable[[str], None] = print) -> list[Candidate]:
     out, trained = [], (policy.config["noise_scheduler"]["type"], policy.trained_steps)
@@ -76,16 +100,13 @@ def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=D
             if (kind, K) != trained and not any(c.name == label for c in out):
                 out.append(Candidate(label, every_step_schedule(policy)))
             if budgets:
-                t0 = time.perf_counter()
-                result = policy.profile(observations, batch_size=16)
+                variants = [(S, 5, alloc) for S in budgets if S < K for alloc in allocations]
+                made = profile_and_compile(policy, observations, variants, "bac tune")
                 log(f"profiled {label} on {len(observations)} observations "
-                    f"({time.perf_counter() - t0:.0f} s)")
-                for S in (S for S in budgets if S < K):
-                    for alloc in allocations:
-                        sched = policy.compile_schedule(result, S, 5, source="bac tune",
-                                                        allocation=alloc)
-                        what = "BAC" if alloc == "per_block" else alloc
-                        out.append(Candidate(f"{label} + {what} S={S}", sched))
+                    f"({made.profile_s:.0f} s)")
+                for (S, _, alloc), sched in zip(variants, made.schedules):
+                    what = "BAC" if alloc == "per_block" else alloc
+                    out.append(Candidate(f"{label} + {what} S={S}", sched))
     policy.use_trained_sampler()
     return out
 
