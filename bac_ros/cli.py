@@ -5,7 +5,11 @@
     bac record --out BAG             the expert-driven task as a rosbag2 (sqlite3 or mcap)
     bac inspect SCHEDULE.yaml [--out DIR]
     bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
+    bac windows --checkpoint DIR --demos DEMOS.npz --out OBS.npz
+                                     observation histories from demonstrations (to profile)
     bac train --variant lowdim --out DIR
+    bac distill --lowdim DIR --out DIR
+                                     image DP-T from the low-dim one (scene-finding encoder)
     bac eval --checkpoint DIR --method bac:FILE --mode lockstep --episodes 200 --json OUT
                                      [--workers N | --ray ADDRESS]
     bac tune --checkpoint DIR --bag BAG --speedup 5 --out TUNED.yaml
@@ -382,18 +386,15 @@ def _eval_report(args, report: dict) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bac", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"bac_ros {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def _convert_parser(sub) -> None:
     p = sub.add_parser("convert", help="import a checkpoint into the native format")
     p.add_argument("src", type=Path, help="Chi et al. .ckpt file or native checkpoint folder")
     p.add_argument("dst", type=Path, help="output folder (config.yaml + model.safetensors)")
     p.add_argument("--weights-dtype", choices=("float16", "float32"), default="float32")
     p.set_defaults(func=_convert)
 
+
+def _profile_parser(sub) -> None:
     p = sub.add_parser("profile", help="profile recorded observations, compile a BAC schedule")
     p.add_argument("--checkpoint", type=Path, required=True)
     src = p.add_mutually_exclusive_group(required=True)
@@ -414,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, help="also write PNG plots into this folder")
     p.set_defaults(func=_profile)
 
+
+def _demos_parser(sub) -> None:
     p = sub.add_parser("demos", help="record expert demonstrations of a task")
     p.add_argument("--task", default="arm", help="arm (the bundled task) or metaworld:TASK")
     p.add_argument("--noise", type=float, default=0.1,
@@ -425,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="npz file to write")
     p.set_defaults(func=_demos)
 
+
+def _windows_parser(sub) -> None:
     p = sub.add_parser("windows", help="observation histories from demonstrations (to profile)")
     p.add_argument("--checkpoint", type=Path, required=True, help="whose observation keys")
     p.add_argument("--demos", type=Path, required=True)
@@ -433,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="observations npz to write")
     p.set_defaults(func=_windows)
 
+
+def _record_parser(sub) -> None:
     p = sub.add_parser("record", help="record the expert-driven task into a rosbag2")
     p.add_argument("--out", type=Path, required=True, help="bag folder to create")
     p.add_argument("--episodes", type=int, default=20)
@@ -441,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true")
     p.set_defaults(func=_record)
 
+
+def _distill_parser(sub) -> None:
     p = sub.add_parser("distill", help="image DP-T from the low-dim one: a scene-finding "
                        "encoder trained on rendered scenes + the low-dim transformer")
     p.add_argument("--lowdim", type=Path, required=True, help="trained low-dim checkpoint")
@@ -453,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="image checkpoint folder to write")
     p.set_defaults(func=_distill)
 
+
+def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train DP-T on a task's demonstrations (resumable)")
     p.add_argument("--task", default="arm", help="arm (the bundled task) or metaworld:TASK")
     p.add_argument("--variant", choices=("lowdim", "image"), default="lowdim")
@@ -470,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.set_defaults(func=_train)
 
+
+def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="closed-loop success of a sampling method on the task")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--method", default="full", help="full | bac:FILE | uniform:N | ddim:N | ddpm:N")
@@ -501,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "policy's n_action_steps)")
     p.set_defaults(func=_eval)
 
+
+def _tune_parser(sub) -> None:
     p = sub.add_parser("tune", help="best-fidelity sampler + schedule inside a latency budget")
     p.add_argument("--checkpoint", type=Path, required=True)
     src = p.add_mutually_exclusive_group()
@@ -523,10 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="schedule YAML to write")
     p.set_defaults(func=_tune)
 
+
+def _inspect_parser(sub) -> None:
     p = sub.add_parser("inspect", help="summarise a schedule and draw its plots")
     p.add_argument("schedule", type=Path)
     p.add_argument("--out", type=Path, help="folder for PNG plots")
     p.set_defaults(func=_inspect)
+
+
+# The subcommands, in the order `bac --help` lists them.
+SUBCOMMANDS = (_convert_parser, _profile_parser, _demos_parser, _windows_parser, _record_parser,
+               _distill_parser, _train_parser, _eval_parser, _tune_parser, _inspect_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bac", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bac_ros {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.observations import load_observations, random_observations
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.timing import time_interleaved
+from bac_ros.policy.timing import device_label, time_plans
 
 BUNDLED = Path(__file__).resolve().parents[1] / "checkpoints" / "arm_lowdim"
 
@@ -37,13 +35,6 @@ def random_paper_policy(device: str) -> Policy:
     norm.fit_limits("state", torch.randn(256, 7, generator=g))
     norm.fit_limits("action", torch.randn(256, 3, generator=g))
     return Policy(new_checkpoint({"state": {"shape": [7], "type": "low_dim"}}, 3, norm), device)
-
-
-def time_plans(policy: Policy, plans: dict, obs: dict, repeats: int) -> dict[str, list[float]]:
-    times = time_interleaved(policy, {name: partial(policy.use_plan, plan, name)
-                                      for name, plan in plans.items()}, obs, repeats)
-    policy.use_plan(None)
-    return times
 
 
 def main(argv=None) -> int:
@@ -78,9 +69,7 @@ def main(argv=None) -> int:
     times = time_plans(policy, plans, obs[0], args.repeats)
 
     full_med = float(np.median(times["full"]))
-    device = (torch.cuda.get_device_name(policy.device) if policy.device.type == "cuda"
-              else f"CPU ({platform.processor() or platform.machine()}, "
-                   f"{torch.get_num_threads()} threads)")
+    device = device_label(policy.device)
     print(f"model: {source}; K={K}, {n_blocks} blocks; device: {device}; batch 1; "
           f"{args.repeats} interleaved repeats; profiling+compile {compile_s:.1f} s "
           f"on {len(obs)} observations")

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from bac_ros.policy.policy import Policy
+from bac_ros.policy.timing import device_label
+from bac_ros.policy.tune import profile_and_compile
 from bac_ros.sim.demos import generate_demos, load_npz
 from bac_ros.sim.evaluate import evaluate
 from bac_ros.train.dataset import observation_windows
@@ -30,15 +29,13 @@ from bac_ros.train.dataset import observation_windows
 def compile_schedules(policy: Policy, data: dict, folder: Path, budgets, top_ks,
                       n_obs: int) -> dict[str, Path]:
     obs = observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, n_obs, seed=0)
-    result = policy.profile(obs, batch_size=16)
+    variants = [(S, k, "per_block") for S in budgets for k in top_ks]
+    made = profile_and_compile(policy, obs, variants,
+                               source=f"expert demonstrations ({len(obs)} windows)")
     folder.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for S in budgets:
-        for k in top_ks:
-            sched = policy.compile_schedule(result, budget=S, top_k=k,
-                                            source=f"expert demonstrations ({len(obs)} windows)")
-            out[f"BAC S={S} k={k}"] = sched.save(folder / f"bac_s{S}_k{k}.yaml")
-    result.save(folder / "profile.npz")
+    out = {f"BAC S={S} k={k}": sched.save(folder / f"bac_s{S}_k{k}.yaml")
+           for (S, k, _), sched in zip(variants, made.schedules)}
+    made.profile.save(folder / "profile.npz")
     return out
 
 
@@ -76,8 +73,7 @@ def main(argv=None) -> int:
               f"flops {r['flop_ratio']:5.2f}x latency {r['mean_latency_ms']:7.1f} ms "
               f"({r['wall_s']:.0f} s)", flush=True)
 
-    device = (torch.cuda.get_device_name(policy.device) if policy.device.type == "cuda"
-              else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+    device = device_label(policy.device)
     lines = [
         f"# Closed-loop success: `{args.checkpoint}`",
         "",

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.timing import time_interleaved
+from bac_ros.policy.timing import device_label, time_interleaved
 from bac_ros.sim.evaluate import apply_method, evaluate, wilson_interval
 from bac_ros.sim.metaworld import expert_outcomes
 from bac_ros.sim.tasks import task_of
@@ -76,8 +74,7 @@ def main(argv=None) -> int:
         r["latency_ms"] = 1e3 * median[r["name"]]
         r["speedup"] = median["full (DDPM-100)"] / median[r["name"]]
 
-    device = (torch.cuda.get_device_name(policy.device) if policy.device.type == "cuda"
-              else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+    device = device_label(policy.device)
     full = rows[1]["success_rate"]
     lines = [
         f"# Meta-World `{task.task}`: `{args.checkpoint}`",

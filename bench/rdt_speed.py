@@ -15,19 +15,18 @@ scale, "seed spread" is the difference between two full-compute samples with dif
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from cache_speed import time_plans
 
 from bac_ros.cache.plans import uniform_plan
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import FLOW_SCHEDULER, RDT_SCHEDULER, new_rdt_checkpoint
 from bac_ros.policy.observations import random_observations
+from bac_ros.policy.timing import device_label, time_plans
 from bac_ros.policy.vla import VLAPolicy
 
 OBS = {"image": {"shape": [3, 64, 64], "type": "rgb"}, "joints": {"shape": [7], "type": "low_dim"}}
@@ -86,9 +85,7 @@ def main(argv=None) -> int:
         policy = build(args, scheduler)
         if not lines:
             params = sum(p.numel() for p in policy.model.parameters())
-            device = (torch.cuda.get_device_name(policy.device) if policy.device.type == "cuda"
-                      else f"CPU ({platform.processor() or platform.machine()}, "
-                           f"{torch.get_num_threads()} threads)")
+            device = device_label(policy.device)
             emit(f"RDT-style head, random weights: depth {args.depth}, hidden {args.hidden}, "
                  f"{args.heads} heads, horizon {args.horizon}, {params / 1e6:.1f}M parameters; "
                  f"{policy.model.config['img_cond_len']} image + 16 language tokens; device: "

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bac_ros.policy.fidelity import draw_chunks, fidelity
+from bac_ros.policy.fidelity import CANDIDATE_SEED, REFERENCE_SEED, draw_chunks, fidelity
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.tune import refine
 from bac_ros.sim.demos import generate_demos
@@ -42,12 +42,13 @@ def main(argv=None) -> int:
     fid_obs = obs[: args.fidelity_obs]
     bac = policy.compile_schedule(policy.profile(obs, batch_size=16), args.budget, 5,
                                   source="expert demos")
-    reference = draw_chunks(policy, fid_obs, args.samples, seed=1000)
+    reference = draw_chunks(policy, fid_obs, args.samples, seed=REFERENCE_SEED)
     found = refine(policy, bac, fid_obs, reference, args.samples, args.proposals)
     rows = []
     for name, sched in ((f"BAC S={args.budget} k=5", bac), ("output-aware search", found)):
         policy.set_schedule(sched)
-        held_out = fidelity(reference, draw_chunks(policy, fid_obs, args.samples, seed=2000))
+        held_out = fidelity(reference, draw_chunks(policy, fid_obs, args.samples,
+                                                   seed=CANDIDATE_SEED))
         ratio = policy.flop_ratio(policy.plan)
         path = sched.save(Path("out") / "refine" / f"{sched.method['name']}.yaml")
         r = evaluate(policy, f"bac:{path}", args.episodes, mode="lockstep")

@@ -36,7 +36,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -51,17 +50,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bac_ros.policy.fidelity import draw_chunks, fidelity, spearman, step_rmse  # noqa: E402
-from bac_ros.policy.policy import Policy  # noqa: E402
-from bac_ros.policy.timing import time_interleaved  # noqa: E402
+from bac_ros.nodes.overhead import measure as node_overhead  # noqa: E402
+from bac_ros.policy.fidelity import (  # noqa: E402
+    CANDIDATE_SEED,
+    REFERENCE_SEED,
+    draw_chunks,
+    fidelity,
+    spearman,
+    step_rmse,
+)
+from bac_ros.policy.policy import Policy, resolve_device  # noqa: E402
+from bac_ros.policy.timing import device_label, time_interleaved  # noqa: E402
+from bac_ros.policy.tune import profile_and_compile  # noqa: E402
 from bac_ros.sim import cluster  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
 from bac_ros.train.dataset import observation_windows  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from node_overhead import measure as node_overhead  # noqa: E402
 
 FAMILIES = ("full", "DDIM", "DDPM few-step", "uniform", "BAC k=5", "BAC k=0", "unified",
             "shared budget", "BAC on DDIM", "bac tune")
@@ -94,12 +100,6 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def device_label(policy: Policy) -> str:
-    if policy.device.type == "cuda":
-        return torch.cuda.get_device_name(policy.device)
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
 def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool,
                     shipped: Path) -> tuple:
     """Profile, compile every schedule; return ({name: (family, method)}, cost report). Tuned
@@ -112,39 +112,31 @@ def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool,
     for n in ((10,) if quick else (10, 16, 25)):  # beyond the paper: stochastic, fewer steps
         methods[f"DDPM-{n}"] = ("DDPM few-step", f"ddpm:{n}")
     folder.mkdir(parents=True, exist_ok=True)
-    cost = {}
+    rows = []  # (name, family, (S, k, allocation))
+    for S in budgets:
+        rows += [(f"BAC S={S} k={k}", f"BAC k={k}", (S, k, "per_block")) for k in (5, 0)]
+        if S == 10:  # the paper's ablation: one schedule shared by every block
+            rows.append((f"unified S={S}", "unified", (S, 5, "unified")))
+        rows.append((f"shared S={S} k=5", "shared budget", (S, 5, "shared")))
     with PeakRSS() as mem:
         if policy.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(policy.device)
-        t0 = time.perf_counter()
-        result = policy.profile(obs, batch_size=16)
-        cost["profile_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        compiled = []
-        for S in budgets:
-            for k in (5, 0):
-                compiled.append((f"BAC S={S} k={k}", f"BAC k={k}",
-                                 policy.compile_schedule(result, S, k, source="expert demos")))
-            if S == 10:  # the paper's ablation: one schedule shared by every block
-                compiled.append((f"unified S={S}", "unified",
-                                 policy.compile_schedule(result, S, allocation="unified")))
-            compiled.append((f"shared S={S} k=5", "shared budget",
-                             policy.compile_schedule(result, S, 5, allocation="shared")))
-        cost["compile_s_per_schedule"] = (time.perf_counter() - t0) / len(compiled)
-    cost["observations"] = len(obs)
-    cost["peak_rss_mb"] = mem.peak / 2**20
-    cost["rss_growth_mb"] = (mem.peak - mem.base) / 2**20
+        made = profile_and_compile(policy, obs, [v for *_, v in rows], source="expert demos")
+    cost = {"profile_s": made.profile_s, "compile_s_per_schedule": made.compile_s / len(rows),
+            "observations": len(obs), "peak_rss_mb": mem.peak / 2**20,
+            "rss_growth_mb": (mem.peak - mem.base) / 2**20}
     if policy.device.type == "cuda":
         cost["cuda_peak_mb"] = torch.cuda.max_memory_allocated(policy.device) / 2**20
     for S in budgets:
         every = max(1, round(K / S))
         methods[f"uniform:{every}"] = ("uniform", f"uniform:{every}")
-    for name, family, sched in compiled:
+    for (name, family, _), sched in zip(rows, made.schedules):
         methods[name] = (family, f"bac:{sched.save(folder / (sched.method['name'] + '.yaml'))}")
     policy.set_sampler("DDIMScheduler", 25)  # BAC on top of a deterministic few-step sampler
-    ddim = policy.profile(obs, batch_size=16)
-    for S in ((10,) if quick else (5, 10)):
-        sched = policy.compile_schedule(ddim, S, 5, source="expert demos")
+    on_ddim = (10,) if quick else (5, 10)
+    ddim = profile_and_compile(policy, obs, [(S, 5, "per_block") for S in on_ddim],
+                               source="expert demos")
+    for S, sched in zip(on_ddim, ddim.schedules):
         path = sched.save(folder / f"ddim25_{sched.method['name']}.yaml")
         methods[f"DDIM-25 + BAC S={S}"] = ("BAC on DDIM", f"bac:{path}")
     policy.use_trained_sampler()
@@ -175,11 +167,11 @@ def action_errors(policy: Policy, methods: dict, obs: list[dict]) -> dict:
 def fidelity_scores(policy: Policy, methods: dict, obs: list[dict], n_samples: int) -> dict:
     """Offline fidelity of every method against full compute (see bac_ros.policy.fidelity)."""
     apply_method(policy, "full")
-    reference = draw_chunks(policy, obs, n_samples, seed=1000)
+    reference = draw_chunks(policy, obs, n_samples, seed=REFERENCE_SEED)
     out = {}
     for name, (_, method) in methods.items():
         apply_method(policy, method)
-        out[name] = fidelity(reference, draw_chunks(policy, obs, n_samples, seed=2000))
+        out[name] = fidelity(reference, draw_chunks(policy, obs, n_samples, seed=CANDIDATE_SEED))
     return out
 
 
@@ -278,6 +270,11 @@ def plot_errors(model: str, rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def draw_plots(model: str, rows: list[dict], plots: Path) -> None:
+    plot_frontier(model, rows, plots / f"{model}_frontier.png")
+    plot_errors(model, rows, plots / f"{model}_action_error.png")
+
+
 SUCCESS_KEYS = ("success_rate", "ci95", "collision_rate", "wall_s")
 LATENCY_SOURCE = "local, one process, methods side by side"
 
@@ -317,7 +314,7 @@ def measure_model(ckpt: Path, args, log) -> tuple[dict, Policy, list]:
             # lockstep reports the side-by-side median; real time waits it out
             jobs.append((row, on_time, cluster.Cell(str(ckpt), method, mode, args.seed,
                                                     args.episodes, med, args.device)))
-    res = {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy),
+    res = {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy.device),
            "cost": cost, "rows": rows}
     return res, policy, jobs
 
@@ -378,8 +375,7 @@ def finish_model(res: dict, policy: Policy, ckpt: Path, args, plots: Path, log) 
         except RuntimeError as err:  # the report says so; the measured rows are kept
             log(f"  node overhead not measured: {err}")
             overhead = {"error": str(err)}
-    plot_frontier(ckpt.name, rows, plots / f"{ckpt.name}_frontier.png")
-    plot_errors(ckpt.name, rows, plots / f"{ckpt.name}_action_error.png")
+    draw_plots(ckpt.name, rows, plots)
     res["node_overhead"] = overhead
     res["validation"] = validation(rows)
 
@@ -395,16 +391,16 @@ def _sources(run: dict) -> str:
             f"{run.get('success_source', 'local, one process')}.")
 
 
-def report(results: list[dict], args, meta: dict, out: Path, plots: Path) -> str:
-    runs = {json.dumps(res.get("run", meta), sort_keys=True) for res in results}
-    if len(runs) <= 1:
+def _header(args, meta: dict, several_runs: bool) -> list[str]:
+    """Where the figures come from, and what each column means."""
+    if not several_runs:
         origin = (f"Generated by `{meta['command']}` in {meta['wall_min']:.1f} min on "
                   f"{meta['device']} ({meta['date']}, commit `{meta['commit']}`). "
                   f"{_sources(meta)} Everything below comes from that one run; ")
     else:
         origin = ("Each checkpoint's section was measured in one run of `make bench`, named at "
                   "the top of the section (`--keep` carried the others over); ")
-    lines = [
+    return [
         "# Benchmarks",
         "",
         origin + "rerun the command to regenerate this file, `docs/bench.json` and the plots.",
@@ -422,74 +418,102 @@ def report(results: list[dict], args, meta: dict, out: Path, plots: Path) -> str
         "than one 100 ms tick is on time, and its real-time run is its lockstep run.",
         "",
     ]
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| method | median ms | p95 ms | speedup | FLOP ratio | achieved/theory | "
+        "action MSE | max abs | energy dist. | lockstep success | real-time success |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | "
+            f"{r['speedup']:.2f}× | {r['flop_ratio']:.2f}× | "
+            f"{r['achieved_over_theoretical']:.0%} | {r['action_mse']:.2e} | "
+            f"{r['action_max_abs']:.3f} | {r['fidelity_energy']:.4f} | "
+            f"{_pct(r['success_lockstep'])} | "
+            f"{_pct(r['success_realtime'])} |")
+    return lines
+
+
+def _findings(res: dict, args) -> list[str]:
+    """The plots, how well offline fidelity ranks the methods, and the verdicts."""
+    name = Path(res["checkpoint"]).name
+    return [
+        "",
+        f"![frontier](plots/bench/{name}_frontier.png)",
+        f"![action error](plots/bench/{name}_action_error.png)",
+        "",
+        f"Offline fidelity (energy distance between {args.fidelity_samples} chunks from "
+        f"full compute and {args.fidelity_samples} from the method, independent noise, on "
+        f"{args.fidelity_obs} recorded observations; 0 = same distribution; the full row is "
+        f"the noise floor) ranks the methods as lockstep success does with Spearman "
+        f"{res['validation']['spearman_energy']:.2f} over {len(res['rows'])} methods "
+        f"(same-noise action MSE: {res['validation']['spearman_action_mse']:.2f}).",
+        "",
+        "**Verdict, lockstep** (which method keeps the most success at each latency budget, "
+        "and by how much, with 95% intervals for the difference):",
+        "",
+        *verdict(res["rows"], "lockstep"),
+        "",
+        "**Verdict, real time:**",
+        "",
+        *verdict(res["rows"], "realtime"),
+        "",
+    ]
+
+
+def _costs(res: dict) -> list[str]:
+    """What profiling and compiling cost, and the policy node's overhead per chunk."""
+    c = res["cost"]
+    lines = [
+        f"Profiling {c['observations']} observations (full compute, every block recorded): "
+        f"{c['profile_s']:.1f} s; compiling one schedule from the profile: "
+        f"{c['compile_s_per_schedule'] * 1e3:.1f} ms; peak resident memory during "
+        f"profiling and compilation {c['peak_rss_mb']:.0f} MB (+{c['rss_growth_mb']:.0f} MB)"
+        + (f"; CUDA peak {c['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in c else "") + ".",
+        "",
+    ]
+    o = res["node_overhead"]
+    if o and "error" in o:
+        lines += [f"Policy node overhead: not measured in this run ({o['error']}).", ""]
+    elif o:
+        lines += [
+            f"Policy node overhead (`python bench/node_overhead.py --checkpoint "
+            f"{res['checkpoint']} --schedule <BAC S=10 k=5>`; the node process as on a "
+            f"robot): newest observation received → chunk published, minus model time, "
+            f"median {o['node_overhead_ms_median']:.2f} ms per chunk as the node reports it "
+            f"on /diagnostics; seen from a client in another process (observation published "
+            f"→ chunk received, minus model time, two DDS hops included) median "
+            f"{o['client_overhead_ms_median']:.2f} ms, p95 {o['client_overhead_ms_p95']:.2f}"
+            f" ms over {o['chunks']} chunks (model {o['model_ms_median']:.1f} ms).",
+            "",
+        ]
+    return lines
+
+
+def _section(res: dict, args, meta: dict, several_runs: bool) -> list[str]:
+    """One checkpoint: its table, plots, findings and costs."""
+    lines = [f"## `{res['checkpoint']}`", ""]
+    if several_runs:
+        r = res.get("run", meta)
+        lines += [f"Measured by `{r['command']}` in {r['wall_min']:.1f} min on {r['device']} "
+                  f"({r['date']}, commit `{r['commit']}`). {_sources(r)}", ""]
+    return lines + _table(res["rows"]) + _findings(res, args) + _costs(res)
+
+
+def report(results: list[dict], args, meta: dict) -> str:
+    several_runs = len({json.dumps(res.get("run", meta), sort_keys=True)
+                        for res in results}) > 1
+    lines = _header(args, meta, several_runs)
     for res in results:
-        name = Path(res["checkpoint"]).name
-        c = res["cost"]
-        lines += [f"## `{res['checkpoint']}`", ""]
-        if len(runs) > 1:
-            r = res.get("run", meta)
-            lines += [f"Measured by `{r['command']}` in {r['wall_min']:.1f} min on {r['device']} "
-                      f"({r['date']}, commit `{r['commit']}`). {_sources(r)}", ""]
-        lines += [
-            "| method | median ms | p95 ms | speedup | FLOP ratio | achieved/theory | "
-            "action MSE | max abs | energy dist. | lockstep success | real-time success |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in res["rows"]:
-            lines.append(
-                f"| {r['name']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | "
-                f"{r['speedup']:.2f}× | {r['flop_ratio']:.2f}× | "
-                f"{r['achieved_over_theoretical']:.0%} | {r['action_mse']:.2e} | "
-                f"{r['action_max_abs']:.3f} | {r['fidelity_energy']:.4f} | "
-                f"{_pct(r['success_lockstep'])} | "
-                f"{_pct(r['success_realtime'])} |")
-        lines += [
-            "",
-            f"![frontier](plots/bench/{name}_frontier.png)",
-            f"![action error](plots/bench/{name}_action_error.png)",
-            "",
-            f"Offline fidelity (energy distance between {args.fidelity_samples} chunks from "
-            f"full compute and {args.fidelity_samples} from the method, independent noise, on "
-            f"{args.fidelity_obs} recorded observations; 0 = same distribution; the full row is "
-            f"the noise floor) ranks the methods as lockstep success does with Spearman "
-            f"{res['validation']['spearman_energy']:.2f} over {len(res['rows'])} methods "
-            f"(same-noise action MSE: {res['validation']['spearman_action_mse']:.2f}).",
-            "",
-            "**Verdict, lockstep** (which method keeps the most success at each latency budget, "
-            "and by how much, with 95% intervals for the difference):",
-            "",
-            *verdict(res["rows"], "lockstep"),
-            "",
-            "**Verdict, real time:**",
-            "",
-            *verdict(res["rows"], "realtime"),
-            "",
-            f"Profiling {c['observations']} observations (full compute, every block recorded): "
-            f"{c['profile_s']:.1f} s; compiling one schedule from the profile: "
-            f"{c['compile_s_per_schedule'] * 1e3:.1f} ms; peak resident memory during "
-            f"profiling and compilation {c['peak_rss_mb']:.0f} MB (+{c['rss_growth_mb']:.0f} MB)"
-            + (f"; CUDA peak {c['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in c else "") + ".",
-            "",
-        ]
-        o = res["node_overhead"]
-        if o and "error" in o:
-            lines += [f"Policy node overhead: not measured in this run ({o['error']}).", ""]
-        elif o:
-            lines += [
-                f"Policy node overhead (`python bench/node_overhead.py --checkpoint "
-                f"{res['checkpoint']} --schedule <BAC S=10 k=5>`; the node process as on a "
-                f"robot): newest observation received → chunk published, minus model time, "
-                f"median {o['node_overhead_ms_median']:.2f} ms per chunk as the node reports it "
-                f"on /diagnostics; seen from a client in another process (observation published "
-                f"→ chunk received, minus model time, two DDS hops included) median "
-                f"{o['client_overhead_ms_median']:.2f} ms, p95 {o['client_overhead_ms_p95']:.2f}"
-                f" ms over {o['chunks']} chunks (model {o['model_ms_median']:.1f} ms).",
-                "",
-            ]
+        lines += _section(res, args, meta, several_runs)
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with the sizes ``--quick`` and a full run imply."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="method subset, few episodes")
     ap.add_argument("--device", default="auto")
@@ -518,31 +542,20 @@ def main(argv=None) -> int:
     args.demos, args.profile_obs, args.error_obs = (20, 16, 16) if args.quick else (60, 64, 64)
     args.node_chunks = 15 if args.quick else 60
     args.fidelity_obs, args.fidelity_samples = (8, 16) if args.quick else (16, 16)
-    ckpts = args.checkpoints or sorted(p.parent for p in (ROOT / "checkpoints").glob(
-        "*/config.yaml"))
-    t0 = time.perf_counter()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else args.device if args.device != "auto" else "cpu")
-    slug = "" if device.type == "cpu" else "_" + torch.cuda.get_device_name(device).replace(
-        " ", "_")
-    docs = ROOT / ("out" if args.quick else "docs")  # a quick run never replaces the docs
-    out = args.out or docs / f"BENCHMARKS{slug}.md"
-    plots = docs / "plots" / "bench"
-    plots.mkdir(parents=True, exist_ok=True)
+    return args
 
-    def log(text):
-        print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {text}", flush=True)
 
-    if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        for res in saved["results"]:
-            name = Path(res["checkpoint"]).name
-            plot_frontier(name, res["rows"], plots / f"{name}_frontier.png")
-            plot_errors(name, res["rows"], plots / f"{name}_action_error.png")
-        vars(args).update({k: v for k, v in saved["args"].items() if k not in ("out", "from_json")})
-        out.write_text(report(saved["results"], args, saved["meta"], out, plots) + "\n")
-        log(f"re-rendered {out} from {args.from_json}")
-        return 0
+def rerender(args, out: Path, plots: Path) -> None:
+    """``--from-json``: the report and plots of a saved run, measuring nothing."""
+    saved = json.loads(args.from_json.read_text())
+    for res in saved["results"]:
+        draw_plots(Path(res["checkpoint"]).name, res["rows"], plots)
+    vars(args).update({k: v for k, v in saved["args"].items() if k not in ("out", "from_json")})
+    out.write_text(report(saved["results"], args, saved["meta"]) + "\n")
+
+
+def ray_pool(args) -> cluster.Cluster | None:
+    """The Ray workers the closed-loop episodes run on (None: here, in this process)."""
     try:
         pool = (cluster.Cluster(args.workers, args.ray, args.device)
                 if args.workers is not None or args.ray is not None else None)
@@ -552,13 +565,20 @@ def main(argv=None) -> int:
         raise SystemExit("run_bench: --cell-episodes splits the episodes between Ray workers; give "
                          "--workers N or --ray ADDRESS too")
     args.cell_episodes = args.cell_episodes or 25
+    return pool
+
+
+def measure_all(ckpts: list[Path], args, pool: cluster.Cluster | None, plots: Path,
+                log) -> list[dict]:
+    """Every checkpoint's section. With a pool, success waits until every latency is measured;
+    the rows so far are saved to out/bench/partial.json after each step."""
     results, staged = [], []
 
     def save():  # survives a crash in the report, and a failed cell
-        partial = ROOT / "out" / "bench" / "partial.json"
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"results": results, "args": vars(args)}, indent=1,
-                                      default=str))
+        path = ROOT / "out" / "bench" / "partial.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"results": results, "args": vars(args)}, indent=1,
+                                   default=str))
 
     for c in ckpts:
         ckpt = Path(c).resolve()
@@ -580,6 +600,12 @@ def main(argv=None) -> int:
         for res, policy, ckpt, _ in staged:
             finish_model(res, policy, ckpt, args, plots, log)
         save()
+    return results
+
+
+def run_record(args, results: list[dict], pool: cluster.Cluster | None, device: torch.device,
+               t0: float) -> dict:
+    """What the report says of this run: command, device, date, commit, time, sources."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                             capture_output=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
@@ -589,28 +615,58 @@ def main(argv=None) -> int:
         ["--keep", str(args.keep)] if args.keep else []) + (
         ["--workers", str(args.workers)] if args.workers else []) + (
         ["--ray", args.ray] if args.ray else [])
-    meta = {"command": "make bench" + (f" BENCH_ARGS='{' '.join(flags)}'" if flags else ""),
+    return {"command": "make bench" + (f" BENCH_ARGS='{' '.join(flags)}'" if flags else ""),
             "device": results[0]["device"] if results else str(device),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "commit": commit + ("+local changes" if dirty else ""),
             "wall_min": (time.perf_counter() - t0) / 60,
             "latency_source": LATENCY_SOURCE,
             "success_source": pool.source if pool else "local, one process"}
+
+
+def carry_over(keep: Path, args, results: list[dict]) -> None:
+    """``--keep``: the saved sections of checkpoints this run did not measure join
+    ``results`` (in checkpoint order), each with the run that measured it."""
+    kept = json.loads(keep.read_text())
+    same = ("episodes", "seed", "repeats", "error_obs", "fidelity_obs", "fidelity_samples")
+    differ = [k for k in same if kept["args"].get(k) != vars(args)[k]]
+    if differ:
+        raise SystemExit(f"--keep {keep} was measured with other settings ({differ}); "
+                         "its sections would be described wrongly. Rerun all checkpoints.")
+    measured = {Path(res["checkpoint"]).name for res in results}
+    for res in kept["results"]:
+        if Path(res["checkpoint"]).name not in measured:
+            results.append({**res, "run": res.get("run", kept["meta"])})
+    results.sort(key=lambda res: Path(res["checkpoint"]).name)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ckpts = args.checkpoints or sorted(p.parent for p in (ROOT / "checkpoints").glob(
+        "*/config.yaml"))
+    t0 = time.perf_counter()
+    device = resolve_device(args.device)
+    slug = "" if device.type == "cpu" else "_" + device_label(device).replace(" ", "_")
+    docs = ROOT / ("out" if args.quick else "docs")  # a quick run never replaces the docs
+    out = args.out or docs / f"BENCHMARKS{slug}.md"
+    plots = docs / "plots" / "bench"
+    plots.mkdir(parents=True, exist_ok=True)
+
+    def log(text):
+        print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {text}", flush=True)
+
+    if args.from_json:
+        rerender(args, out, plots)
+        log(f"re-rendered {out} from {args.from_json}")
+        return 0
+    pool = ray_pool(args)
+    results = measure_all(ckpts, args, pool, plots, log)
+    meta = run_record(args, results, pool, device, t0)
     for res in results:
         res["run"] = meta
     if args.keep:
-        kept = json.loads(args.keep.read_text())
-        same = ("episodes", "seed", "repeats", "error_obs", "fidelity_obs", "fidelity_samples")
-        differ = [k for k in same if kept["args"].get(k) != vars(args)[k]]
-        if differ:
-            raise SystemExit(f"--keep {args.keep} was measured with other settings ({differ}); "
-                             "its sections would be described wrongly. Rerun all checkpoints.")
-        measured = {Path(res["checkpoint"]).name for res in results}
-        for res in kept["results"]:
-            if Path(res["checkpoint"]).name not in measured:
-                results.append({**res, "run": res.get("run", kept["meta"])})
-        results.sort(key=lambda res: Path(res["checkpoint"]).name)
-    out.write_text(report(results, args, meta, out, plots) + "\n")
+        carry_over(args.keep, args, results)
+    out.write_text(report(results, args, meta) + "\n")
     out.with_name(out.stem.replace("BENCHMARKS", "bench") + ".json").write_text(
         json.dumps({"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v)
                                           for k, v in vars(args).items()},

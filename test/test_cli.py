@@ -49,6 +49,20 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
     assert len(err.splitlines()) == 1
 
 
+def test_top_level_help_shows_every_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])  # argparse names every subcommand it has
+    err = capsys.readouterr().err
+    commands = {c.strip(" '") for c in err.split("choose from", 1)[1].strip(" ()\n").split(",")}
+    assert {"convert", "windows", "distill", "eval", "tune"} <= commands
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out.split("positional arguments", 1)[0]
+    assert {line.split()[1] for line in usage.splitlines() if line.startswith("    bac ")} == \
+        commands
+
+
 def test_installed_executable_runs():
     """What `ros2 run bac_ros bac` executes."""
     from ament_index_python.packages import get_package_prefix

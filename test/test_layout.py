@@ -5,6 +5,8 @@ Imports run one way — models -> cache -> policy -> sim -> train -> nodes / cli
 rclpy or ROS message packages; ``cache/`` imports no model; tasks (``sim/``) import no training
 code. Every import counts, including the ones inside functions. In test/, no test module imports
 another: shared fixtures live in conftest.py, shared helpers in helpers.py and ros_helpers.py.
+The scripts in bench/ are thin: what they share lives in the package, so none imports another,
+and neither they nor the tests reach a script through sys.path or a file location.
 """
 
 import ast
@@ -14,6 +16,7 @@ import bac_ros
 
 ROOT = Path(bac_ros.__file__).resolve().parent
 TESTS = Path(__file__).resolve().parent
+BENCH = TESTS.parent / "bench"
 # What each package may import from bac_ros (besides itself).
 ALLOWED = {
     "models": set(),
@@ -113,4 +116,27 @@ def test_no_test_module_imports_another():
     wrong = [f"{path.name} imports {top}" for path in files
              for top in sorted({name.split(".")[0] for name in _imports(path)})
              if top.startswith("test_")]
+    assert not wrong, "\n".join(wrong)
+
+
+def _path_tricks(path: Path) -> list[str]:
+    """``sys.path`` edits and module loads by file location in one file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr == "path" and \
+                isinstance(node.value, ast.Name) and node.value.id == "sys":
+            found.append(f"{path.name}:{node.lineno} uses sys.path")
+        if isinstance(node, ast.Attribute) and node.attr == "spec_from_file_location":
+            found.append(f"{path.name}:{node.lineno} loads a module by file location")
+    return found
+
+
+def test_bench_scripts_stand_on_the_package_alone():
+    scripts = sorted(BENCH.glob("*.py"))
+    assert len(scripts) > 5
+    names = {path.stem for path in scripts}
+    wrong = [f"{path.name} imports {top}" for path in scripts
+             for top in sorted({name.split(".")[0] for name in _imports(path)} & names)]
+    for path in scripts + sorted(TESTS.glob("*.py")):
+        wrong += _path_tricks(path)
     assert not wrong, "\n".join(wrong)

@@ -21,6 +21,7 @@ from bac_ros.cache.schedule import Schedule
 from bac_ros.io.bag import BagError, read_observation_windows
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.msg import ActionChunk
+from bac_ros.nodes.overhead import measure as measure_overhead
 from bac_ros.nodes.policy_node import PolicyNode
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
@@ -136,6 +137,15 @@ def test_configure_fails_cleanly_and_can_retry(ros, image_ckpt, tmp_path):
     node.trigger_configure()
     assert node.policy is not None
     node.destroy_node()  # tears down the policy, timers and publishers first
+
+
+def test_overhead_client_measures_the_policy_node_process(image_ckpt):
+    """What ``make bench`` runs for its node-overhead figure: the installed policy_node as its
+    own process, one frame at a time, each answered before the next."""
+    res = measure_overhead(image_ckpt, chunks=3, warmup=1)
+    assert res["schedule"] == "full" and res["chunks"] == 3
+    assert res["model_ms_median"] > 0 and res["node_overhead_ms_median"] > 0
+    assert 0 < res["client_overhead_ms_median"] <= res["client_overhead_ms_p95"]
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])

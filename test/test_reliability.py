@@ -6,7 +6,6 @@ printed in pytest's terminal summary and, when ``BAC_RELIABILITY_JSON`` names a 
 as JSON (docs/RELIABILITY.md quotes it).
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -34,11 +33,11 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from bac_ros.cache.schedule import Schedule
 from bac_ros.io.bag import BagWriter
 from bac_ros.nodes.policy_node import PolicyNode
+from bac_ros.nodes.soak import soak
 from bac_ros.policy.policy import Policy
 from bac_ros.sim.record import record_expert_bag
 
 pytestmark = pytest.mark.ros
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Summary:
@@ -491,15 +490,12 @@ def test_fuzz_ten_thousand_malformed_messages(running, ckpt):
 
 # -- load ------------------------------------------------------------------------------------
 def test_short_soak_60hz_camera_flat_memory_and_latency():
-    """bench/soak.py for 25 s against the real policy_node process (the 10-minute run is
+    """The soak for 25 s against the real policy_node process (the 10-minute run is
     ``make soak``): camera at 60 Hz, inference at 5 Hz."""
-    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
     rclpy.init()
     try:
-        res = soak.soak(25.0, camera_hz=60.0, rate_hz=5.0, namespace="/short_soak",
-                        log=lambda s: None)
+        res = soak(25.0, camera_hz=60.0, rate_hz=5.0, namespace="/short_soak",
+                   log=lambda s: None)
     finally:
         rclpy.try_shutdown()
     print("soak:", json.dumps(res))

@@ -10,6 +10,7 @@ import yaml
 from helpers import SMALL
 
 from bac_ros.cache.schedule import Schedule, ScheduleError, provenance
+from bac_ros.cache.schedulers import DEFAULT_INFERENCE_STEPS
 from bac_ros.cli import main
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import new_checkpoint
@@ -87,6 +88,22 @@ def test_schedule_brings_its_sampler(compiled):
     policy.set_schedule(None)
     assert policy.sampler == ddim.sampler and policy.plan is None
     assert not np.array_equal(policy.predict(obs[0], seed=2), cached)
+
+
+def test_a_config_without_a_step_count_samples_with_chi_et_al_default():
+    norm = LinearNormalizer()
+    norm.fit_limits("state", torch.randn(64, 4))
+    norm.fit_limits("action", torch.randn(64, 2))
+    ckpt = new_checkpoint({"state": {"shape": [4], "type": "low_dim"}}, 2, norm, horizon=8,
+                          n_action_steps=4, model=SMALL, num_inference_steps=7)
+    del ckpt.config["policy"]["num_inference_steps"]
+    policy = Policy(ckpt, device="cpu")
+    assert policy.trained_steps == DEFAULT_INFERENCE_STEPS == 100
+    assert policy.sampler == {"type": "DDPMScheduler", "num_inference_steps": 100}
+    policy.set_sampler("DDIMScheduler", 10)
+    assert policy.flop_ratio(None) == pytest.approx(10.0)  # against DDPM-100, all blocks
+    policy.use_trained_sampler()
+    assert policy.num_inference_steps == 100 and policy.flop_ratio(None) == 1.0
 
 
 def test_schedule_with_unknown_sampler_is_refused_and_changes_nothing(compiled):

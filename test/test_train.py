@@ -9,6 +9,7 @@ from helpers import TINY
 
 from bac_ros.policy.checkpoint import load_native, save_native
 from bac_ros.policy.policy import Policy
+from bac_ros.policy.timing import device_label
 from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.sim.demos import generate_demos
 from bac_ros.train.train import TrainConfig, build_initial, train
@@ -33,6 +34,7 @@ def test_lowdim_training_writes_a_loadable_checkpoint_and_resumes(demos, tmp_pat
     ck = load_native(out)
     assert ck.config["training"]["steps_done"] == 3
     assert np.isfinite(ck.config["training"]["final_loss"])
+    assert ck.config["training"]["device"] == device_label(torch.device("cpu"))
     first = {k: v.clone() for k, v in ck.tensors.items()}
 
     # More steps resume from the saved state (step 3), and move the weights on.

@@ -13,10 +13,10 @@ from bac_ros.cli import main
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
-from bac_ros.policy.fidelity import draw_chunks, fidelity
+from bac_ros.policy.fidelity import REFERENCE_SEED, SEARCH_SEED, draw_chunks, fidelity
 from bac_ros.policy.observations import save_observations
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.tune import every_step_schedule, refine, tune
+from bac_ros.policy.tune import every_step_schedule, profile_and_compile, refine, tune
 
 SPACE = (("DDPMScheduler", (12,), (3, 6), ("per_block", "shared")),
          ("DDIMScheduler", (4,), (), ()))
@@ -69,6 +69,21 @@ def test_an_impossible_budget_is_one_clear_error(setup):
         tune(policy, obs, space=SPACE)
 
 
+def test_profile_and_compile_makes_every_variant_from_one_profile(setup):
+    """The one profile-and-compile step `bac tune` and the bench scripts share."""
+    path, obs, _ = setup
+    policy = Policy.from_pretrained(path, device="cpu")
+    variants = [(3, 5, "per_block"), (3, 0, "per_block"), (6, 5, "shared"), (6, 5, "unified")]
+    made = profile_and_compile(policy, obs, variants, source="unit test")
+    assert made.profile.num_steps == 12 and made.profile_s > 0 and made.compile_s > 0
+    assert [(s.method["budget"], s.method["allocation"]) for s in made.schedules] == \
+        [(S, a) for S, _, a in variants]
+    again = [policy.compile_schedule(made.profile, S, k, source="unit test", allocation=a)
+             for S, k, a in variants]
+    assert [s.steps for s in made.schedules] == [s.steps for s in again]
+    assert all(s.provenance["source"] == "unit test" for s in made.schedules)
+
+
 def test_every_step_schedule_is_full_compute_of_its_sampler(setup):
     path, obs, _ = setup
     policy = Policy.from_pretrained(path, device="cpu")
@@ -104,7 +119,7 @@ def test_bac_tune_cli_writes_a_loadable_schedule(setup, capsys):
 def test_refine_never_spends_more_flops_and_only_keeps_improvements(setup):
     path, obs, _ = setup
     policy = Policy.from_pretrained(path, device="cpu")
-    reference = draw_chunks(policy, obs[:3], 4, seed=1000)
+    reference = draw_chunks(policy, obs[:3], 4, seed=REFERENCE_SEED)
     result = policy.profile(obs, batch_size=6)
     start = policy.compile_schedule(result, 3, 0)
     found = refine(policy, start, obs[:3], reference, 4, evaluations=12, seed=1,
@@ -117,7 +132,7 @@ def test_refine_never_spends_more_flops_and_only_keeps_improvements(setup):
     info = found.method["refined"]
     assert info["search_energy"] <= info["start_energy"]
     # the recorded search energy is what the kept plan scores on the search noise
-    again = fidelity(reference, draw_chunks(policy, obs[:3], 4, seed=3000))["energy"]
+    again = fidelity(reference, draw_chunks(policy, obs[:3], 4, seed=SEARCH_SEED))["energy"]
     assert again == pytest.approx(info["search_energy"])
     assert isinstance(Schedule.load(found.save(path.parent / "refined.yaml")), Schedule)
 

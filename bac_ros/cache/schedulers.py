@@ -29,7 +29,9 @@ SCHEDULERS = {
     "FlowMatchEulerDiscreteScheduler": FlowMatchEulerDiscreteScheduler,
 }
 
-# Chi et al.'s DP-T defaults.
+# Chi et al.'s DP-T defaults: the training noise schedule, and the denoising steps a checkpoint
+# samples with when its config names none.
+DEFAULT_INFERENCE_STEPS = 100
 DEFAULT_SCHEDULER = dict(
     type="DDPMScheduler",
     num_train_timesteps=100,

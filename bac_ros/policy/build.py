@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from bac_ros.cache.schedulers import DEFAULT_SCHEDULER
+from bac_ros.cache.schedulers import DEFAULT_INFERENCE_STEPS, DEFAULT_SCHEDULER
 from bac_ros.models.backbone import TinyBackbone
 from bac_ros.models.dpt import TransformerForDiffusion
 from bac_ros.models.normalizer import LinearNormalizer
@@ -28,7 +28,7 @@ def new_checkpoint(
     model: dict | None = None,
     obs_encoder: dict | None = None,
     scheduler: dict | None = None,
-    num_inference_steps: int = 100,
+    num_inference_steps: int = DEFAULT_INFERENCE_STEPS,
     dt: float = 0.1,
     action_names: list[str] | None = None,
     seed: int = 0,

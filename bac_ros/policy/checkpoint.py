@@ -273,17 +273,14 @@ def _scheduler_from_chi(sched: dict) -> dict:
     return {"type": target.rsplit(".", 1)[-1], **sched}
 
 
-def import_chi_ckpt(path: str | Path) -> Checkpoint:
-    """Read a ``diffusion_policy`` workspace checkpoint of a transformer policy (low-dim or hybrid
-    image) into our checkpoint description. Prefers EMA weights when training used EMA; the
-    executed chunk is the one the policy class's own ``predict_action`` returns."""
+def _read_workspace(path: Path) -> dict:
+    """The payload of a ``diffusion_policy`` workspace checkpoint (dill-pickled by torch.save)."""
     try:
         import dill
     except ImportError:
         raise CheckpointError(
             "importing .ckpt files needs the 'dill' and 'omegaconf' packages"
         ) from None
-    path = Path(path)
     try:
         with path.open("rb") as f:
             payload = torch.load(f, pickle_module=dill, map_location="cpu", weights_only=False)
@@ -296,7 +293,12 @@ def import_chi_ckpt(path: str | Path) -> Checkpoint:
             f"{path} is not a diffusion_policy workspace checkpoint; expected a dict with 'cfg' "
             "and 'state_dicts'"
         )
-    cfg = payload["cfg"]
+    return payload
+
+
+def _policy_class(cfg, path: Path) -> tuple[str, ChiPolicyClass]:
+    """The class name of the workspace's policy, and how it is imported; other classes are
+    refused."""
     target = str(_workspace_entries(cfg, path, ("policy._target_",))["policy._target_"] or "")
     target = target.rsplit(".", 1)[-1]
     cls = CHI_POLICIES.get(target)
@@ -306,6 +308,12 @@ def import_chi_ckpt(path: str | Path) -> Checkpoint:
             f"transformer policies ({', '.join(CHI_POLICIES)}), whose TransformerForDiffusion "
             "blocks it caches"
         )
+    return target, cls
+
+
+def _policy_entries(cfg, path: Path) -> tuple[dict, bool]:
+    """The policy config and ``training.use_ema``; training settings whose chunks the import
+    cannot reproduce are refused."""
     entries = _workspace_entries(cfg, path, ("policy", "training.use_ema", "n_latency_steps"))
     pol = entries["policy"]
     if pol.get("pred_action_steps_only", False):
@@ -320,7 +328,17 @@ def import_chi_ckpt(path: str | Path) -> Checkpoint:
             f"first {latency} actions of each chunk; bac_ros imports n_latency_steps=0 (the "
             "authors' transformer configs)"
         )
-    use_ema = bool(entries["training.use_ema"])
+    return pol, bool(entries["training.use_ema"])
+
+
+def import_chi_ckpt(path: str | Path) -> Checkpoint:
+    """Read a ``diffusion_policy`` workspace checkpoint of a transformer policy (low-dim or hybrid
+    image) into our checkpoint description. Prefers EMA weights when training used EMA; the
+    executed chunk is the one the policy class's own ``predict_action`` returns."""
+    path = Path(path)
+    payload = _read_workspace(path)
+    target, cls = _policy_class(payload["cfg"], path)
+    pol, use_ema = _policy_entries(payload["cfg"], path)
     sds = payload["state_dicts"]
     key = "ema_model" if use_ema and "ema_model" in sds else "model"
     if key not in sds:

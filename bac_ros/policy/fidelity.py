@@ -19,6 +19,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+#: Seeds of the chunk sets compared (:func:`draw_chunks`): full compute's reference set, and a
+#: candidate's, with independent noise. Schedule search scores on a third seed, so the final
+#: candidate scores stay on noise the search never saw.
+REFERENCE_SEED, CANDIDATE_SEED, SEARCH_SEED = 1000, 2000, 3000
+
 
 def draw_chunks(policy, observations: Sequence[Mapping[str, np.ndarray]], n_samples: int,
                 seed: int, batch_size: int = 512) -> np.ndarray:

@@ -24,7 +24,7 @@ from bac_ros.cache.engine import DenoisingEngine, Generators, plan_flops
 from bac_ros.cache.plans import uniform_plan
 from bac_ros.cache.profile import ProfileResult, profile
 from bac_ros.cache.schedule import Schedule, ScheduleError, model_fingerprint
-from bac_ros.cache.schedulers import build_scheduler
+from bac_ros.cache.schedulers import DEFAULT_INFERENCE_STEPS, build_scheduler
 from bac_ros.models.dpt import TransformerForDiffusion
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.models.vision import IMAGE_TYPES, build_obs_encoder
@@ -131,7 +131,7 @@ class Policy:
         self.model.to(self.device, self.dtype)
         self.normalizer.to(self.device)
         self._engines: dict[tuple[str, int], DenoisingEngine] = {}
-        self.set_sampler(cfg["noise_scheduler"], int(pol.get("num_inference_steps", 100)))
+        self.set_sampler(cfg["noise_scheduler"], self.trained_steps)
         self.fingerprint = model_fingerprint(
             {k: cfg[k] for k in ("policy", "model", "noise_scheduler", "obs_encoder", "backbone")
              if k in cfg},
@@ -146,6 +146,12 @@ class Policy:
         subclass, that subclass is built."""
         return load_policy(path, device=device, dtype=dtype, schedule=schedule,
                            cls=None if cls is Policy else cls)
+
+    @property
+    def trained_steps(self) -> int:
+        """The denoising steps of the checkpoint's own sampler (Chi et al.'s default when its
+        config names none)."""
+        return int(self.config["policy"].get("num_inference_steps", DEFAULT_INFERENCE_STEPS))
 
     @property
     def reads_images(self) -> bool:
@@ -223,8 +229,7 @@ class Policy:
 
     def use_trained_sampler(self) -> None:
         """Back to the checkpoint's own sampler and step count, full compute."""
-        self.set_sampler(self.config["noise_scheduler"],
-                         int(self.config["policy"].get("num_inference_steps", 100)))
+        self.set_sampler(self.config["noise_scheduler"], self.trained_steps)
 
     def use_plan(self, plan: np.ndarray | None, label: str = "") -> None:
         """Sample with the current sampler under ``plan``, a (K, blocks) boolean array (None:
@@ -307,12 +312,18 @@ class Policy:
     def conditions(self, obs: Mapping[str, np.ndarray], batched: bool = False) -> torch.Tensor:
         """Normalised observation features (B, To, D): the model condition (or inpainted obs)."""
         nobs = self.normalized(obs, batched)
-        B = next(iter(nobs.values())).shape[0]
         with torch.inference_mode():
-            if self.obs_encoder is not None:
-                flat = {k: v.reshape(-1, *v.shape[2:]).to(self.dtype) for k, v in nobs.items()}
-                return self.obs_encoder(flat).reshape(B, self.n_obs_steps, -1)
-            return torch.cat([v.reshape(B, self.n_obs_steps, -1) for v in nobs.values()], -1)
+            return self.features(nobs)
+
+    def features(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """(B, To, D) features of normalised observations ((B, To, ...) per key, in observation
+        order): the observation encoder's, or the low-dim vectors side by side. Training calls
+        it with gradients on."""
+        B = next(iter(nobs.values())).shape[0]
+        if self.obs_encoder is not None:
+            flat = {k: v.reshape(-1, *v.shape[2:]).to(self.dtype) for k, v in nobs.items()}
+            return self.obs_encoder(flat).reshape(B, self.n_obs_steps, -1)
+        return torch.cat([v.reshape(B, self.n_obs_steps, -1) for v in nobs.values()], -1)
 
     def _sample(self, feats: torch.Tensor, generator, plan, recorder=None,
                 continuation=None) -> torch.Tensor:
@@ -479,8 +490,7 @@ class Policy:
     def flop_ratio(self, plan: np.ndarray | None) -> float:
         """FLOPs of full compute with the checkpoint's own sampler (e.g. DDPM-100) over the
         FLOPs of the current sampler under ``plan``: the theoretical speedup."""
-        K_ref = int(self.config["policy"].get("num_inference_steps", 100))
-        full = plan_flops(None, *self.flops(), K_ref)
+        full = plan_flops(None, *self.flops(), self.trained_steps)
         return full / plan_flops(plan, *self.flops(), self.num_inference_steps)
 
     def flops(self) -> tuple:

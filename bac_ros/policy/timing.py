@@ -1,13 +1,16 @@
 """Latency measured side by side: every configuration runs once per round, in turn, so that a
 busy machine slows all of them alike and their ratios stay meaningful. Also a reproducible CPU
-load to measure under."""
+load to measure under, and the label that says what a figure was measured on."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import platform
 import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -28,6 +31,23 @@ def time_interleaved(policy, setups: Mapping[str, Callable[[], None]], obs, repe
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     return times
+
+
+def time_plans(policy, plans: Mapping[str, object], obs, repeats: int) -> dict[str, list[float]]:
+    """:func:`time_interleaved` over block plans of the current sampler (``{label: plan}``,
+    None: full compute); the policy is left on full compute."""
+    times = time_interleaved(policy, {name: partial(policy.use_plan, plan, name)
+                                      for name, plan in plans.items()}, obs, repeats)
+    policy.use_plan(None)
+    return times
+
+
+def device_label(device: torch.device) -> str:
+    """The machine a figure was measured on, as reports print it: the CUDA card's name, or the
+    CPU's architecture, cores and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def _busy(stop) -> None:

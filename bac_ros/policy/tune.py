@@ -20,8 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from bac_ros.cache.profile import ProfileResult
 from bac_ros.cache.schedule import Schedule, provenance
-from bac_ros.policy.fidelity import draw_chunks, fidelity
+from bac_ros.policy.fidelity import (
+    CANDIDATE_SEED,
+    REFERENCE_SEED,
+    SEARCH_SEED,
+    draw_chunks,
+    fidelity,
+)
 from bac_ros.policy.timing import time_interleaved
 
 #: (scheduler type, step counts, budgets of the schedules compiled on top of it (() = full
@@ -60,10 +67,32 @@ def every_step_schedule(policy, source: str = "") -> Schedule:
                     method={"name": "full"}, provenance=provenance(source, 0))
 
 
+@dataclass
+class Compiled:
+    """Schedules compiled from one profile of a sampler, and what making them cost (s)."""
+
+    profile: ProfileResult
+    schedules: list[Schedule]
+    profile_s: float
+    compile_s: float
+
+
+def profile_and_compile(policy, observations: Sequence[Mapping[str, np.ndarray]],
+                        variants: Sequence[tuple[int, int, str]], source: str | Path = "",
+                        batch_size: int = 16) -> Compiled:
+    """Profile the policy's current sampler once on ``observations``, then compile one
+    schedule per (budget S, BUA blocks k, allocation) of ``variants``, in their order."""
+    t0 = time.perf_counter()
+    result = policy.profile(observations, batch_size=batch_size)
+    t1 = time.perf_counter()
+    schedules = [policy.compile_schedule(result, S, k, source=source, allocation=alloc)
+                 for S, k, alloc in variants]
+    return Compiled(result, schedules, t1 - t0, time.perf_counter() - t1)
+
+
 def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=DEFAULT_SPACE,
                log: Callable[[str], None] = print) -> list[Candidate]:
-    out, trained = [], (policy.config["noise_scheduler"]["type"],
-                        int(policy.config["policy"].get("num_inference_steps", 100)))
+    out, trained = [], (policy.config["noise_scheduler"]["type"], policy.trained_steps)
     for kind, counts, budgets, allocations in space:
         for K in counts:
             policy.set_sampler(kind, K)
@@ -71,16 +100,13 @@ def candidates(policy, observations: Sequence[Mapping[str, np.ndarray]], space=D
             if (kind, K) != trained and not any(c.name == label for c in out):
                 out.append(Candidate(label, every_step_schedule(policy)))
             if budgets:
-                t0 = time.perf_counter()
-                result = policy.profile(observations, batch_size=16)
+                variants = [(S, 5, alloc) for S in budgets if S < K for alloc in allocations]
+                made = profile_and_compile(policy, observations, variants, "bac tune")
                 log(f"profiled {label} on {len(observations)} observations "
-                    f"({time.perf_counter() - t0:.0f} s)")
-                for S in (S for S in budgets if S < K):
-                    for alloc in allocations:
-                        sched = policy.compile_schedule(result, S, 5, source="bac tune",
-                                                        allocation=alloc)
-                        what = "BAC" if alloc == "per_block" else alloc
-                        out.append(Candidate(f"{label} + {what} S={S}", sched))
+                    f"({made.profile_s:.0f} s)")
+                for (S, _, alloc), sched in zip(variants, made.schedules):
+                    what = "BAC" if alloc == "per_block" else alloc
+                    out.append(Candidate(f"{label} + {what} S={S}", sched))
     policy.use_trained_sampler()
     return out
 
@@ -115,7 +141,7 @@ def refine(policy, schedule: Schedule, observations: Sequence[Mapping[str, np.nd
 
     def score(steps: dict) -> float:
         policy.set_schedule(Schedule(schedule.fingerprint, schedule.sampler, steps))
-        chunks = draw_chunks(policy, observations, n_samples, seed=3000)
+        chunks = draw_chunks(policy, observations, n_samples, seed=SEARCH_SEED)
         return fidelity(reference, chunks)["energy"]
 
     steps = {n: list(v) for n, v in schedule.steps.items()}
@@ -164,8 +190,8 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
     full_ms = _latencies(policy, [None], probe, repeats)[0]
     log(f"full compute {full_ms:.1f} ms")
     fid_obs = list(observations[:fidelity_obs])
-    reference = draw_chunks(policy, fid_obs, n_samples, seed=1000)
-    floor = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000))
+    reference = draw_chunks(policy, fid_obs, n_samples, seed=REFERENCE_SEED)
+    floor = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=CANDIDATE_SEED))
     cands = candidates(policy, observations, space, log)
 
     def measure(c: Candidate) -> None:
@@ -177,7 +203,8 @@ def tune(policy, observations: Sequence[Mapping[str, np.ndarray]],
         c.speedup = full / c.latency_ms
         if (c.latency_ms <= latency_ms) if latency_ms is not None else (c.speedup >= speedup):
             policy.set_schedule(c.schedule)
-            c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples, seed=2000))
+            c.scores = fidelity(reference, draw_chunks(policy, fid_obs, n_samples,
+                                                       seed=CANDIDATE_SEED))
             log(f"{c.name:<24} {c.latency_ms:7.1f} ms {c.speedup:5.2f}x energy "
                 f"{c.scores['energy']:.4f} ± {c.scores['energy_sem']:.4f}")
 

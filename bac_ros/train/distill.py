@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from bac_ros.policy.checkpoint import Checkpoint, load_native
 from bac_ros.policy.policy import Policy
+from bac_ros.policy.timing import device_label
 from bac_ros.sim.arm import LOWDIM_KEYS, ArmTaskConfig, render, sample_episode
 from bac_ros.train.train import TrainConfig, build_initial
 
@@ -170,5 +171,6 @@ def distill_image_policy(lowdim: str | Path, data: dict, steps: int, batch_size:
     image.config["source"] = {"distilled_from": str(lowdim),
                               "lowdim_training": low.config.get("training")}
     image.config["training"] = {"variant": "image", "method": "distilled (bac distill)",
-                                "scene_encoder": stats, "seed": seed, "device": "cpu"}
+                                "scene_encoder": stats, "seed": seed,
+                                "device": device_label(policy.device)}
     return image

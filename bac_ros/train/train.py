@@ -18,11 +18,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from bac_ros.cache.schedulers import DEFAULT_SCHEDULER, build_scheduler
+from bac_ros.cache.schedulers import DEFAULT_INFERENCE_STEPS, DEFAULT_SCHEDULER, build_scheduler
 from bac_ros.models.normalizer import LinearNormalizer
+from bac_ros.models.vision import IMAGE_TYPES
 from bac_ros.policy.build import PAPER_MODEL, new_checkpoint
 from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
 from bac_ros.policy.policy import Policy, resolve_device
+from bac_ros.policy.timing import device_label
 from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.train.dataset import SequenceSampler
 
@@ -110,7 +112,7 @@ class Nets(nn.Module):
 def _normalizer(data: dict, obs: dict) -> LinearNormalizer:
     norm = LinearNormalizer()
     for key, spec in obs.items():
-        if spec["type"] == "rgb":
+        if spec["type"] in IMAGE_TYPES:
             norm.fit_image_range(key)
         else:
             norm.fit_limits(key, torch.as_tensor(data[key]))
@@ -124,12 +126,12 @@ def build_initial(cfg: TrainConfig, data: dict, spec: TaskSpec | ArmTaskConfig) 
     if isinstance(spec, ArmTaskConfig):
         spec = arm_spec(cfg.variant, spec)
     obs = spec.obs
-    images = any(v["type"] == "rgb" for v in obs.values())
+    images = any(v["type"] in IMAGE_TYPES for v in obs.values())
     ckpt = new_checkpoint(
         obs, len(spec.action_names), _normalizer(data, obs), horizon=cfg.horizon,
         n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps, model=cfg.model,
         obs_encoder=IMAGE_ENCODER if images else None,
-        scheduler=DEFAULT_SCHEDULER, num_inference_steps=100, dt=spec.dt,
+        scheduler=DEFAULT_SCHEDULER, num_inference_steps=DEFAULT_INFERENCE_STEPS, dt=spec.dt,
         action_names=list(spec.action_names), seed=cfg.seed,
     )
     ckpt.config["policy"]["action_type"] = spec.action_type
@@ -163,6 +165,151 @@ def _to_chw_float(images: torch.Tensor) -> torch.Tensor:
     return images.movedim(-1, -3).float() / 255.0
 
 
+def _starting_checkpoint(cfg: TrainConfig, data: dict, spec: TaskSpec,
+                         init: str | Path | None) -> Checkpoint:
+    """The untrained checkpoint, holding the weights of the trained checkpoint ``init`` when
+    one is given (fine-tuning)."""
+    ckpt = build_initial(cfg, data, spec)
+    if init is not None:
+        start = load_native(init)
+        if start.config["model"] != ckpt.config["model"]:
+            raise ValueError(f"{init} has another model config than this training run")
+        ckpt.tensors.update(_transferable(start, ckpt))
+        ckpt.config["source"] = {"fine_tuned_from": start.config.get("training")}
+    return ckpt
+
+
+def _lr_schedule(cfg: TrainConfig):
+    """Linear warm-up, then cosine decay to 0 at ``cfg.steps`` (a factor of ``cfg.lr``)."""
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return lr_at
+
+
+class _Run:
+    """What a training run updates and saves (networks, EMA, optimiser, LR schedule, the noise
+    RNG, the step reached and the time spent), so that a stopped run resumes where it was."""
+
+    def __init__(self, cfg: TrainConfig, nets: Nets, dev: torch.device):
+        decay, no_decay = [], []
+        for name, p in nets.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in name or "emb" in name else decay).append(p)
+        self.cfg, self.nets = cfg, nets
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=cfg.lr, betas=(0.9, 0.95))
+        self.lr = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_schedule(cfg))
+        self.ema = EMA(nets, cfg.ema_power, cfg.ema_max_decay)
+        self.gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+        self.step, self.elapsed = 0, 0.0
+
+    def resume(self, state_file: Path, dev: torch.device) -> None:
+        """Continue from a saved state; one written by another config (other than in
+        :data:`RESUMABLE_CHANGES`) is refused."""
+        st = torch.load(state_file, map_location=dev, weights_only=False)
+        same = {k: v for k, v in asdict(self.cfg).items() if k not in RESUMABLE_CHANGES}
+        if {k: v for k, v in st["config"].items() if k not in RESUMABLE_CHANGES} != same:
+            raise ValueError(f"{state_file} was written by another training config; remove it "
+                             "or pass the same settings (only steps may change) to resume")
+        self.nets.load_state_dict(st["nets"])
+        self.ema.shadow.load_state_dict(st["ema"])
+        self.ema.step = st["ema_step"]
+        self.opt.load_state_dict(st["opt"])
+        self.lr.load_state_dict(st["lr"])
+        self.gen.set_state(st["gen"].cpu())
+        self.step, self.elapsed = st["step"], st["elapsed"]
+
+    def save(self, state_file: Path) -> None:
+        tmp = state_file.with_suffix(".tmp")
+        torch.save({"config": asdict(self.cfg), "nets": self.nets.state_dict(),
+                    "ema": self.ema.shadow.state_dict(),
+                    "ema_step": self.ema.step, "opt": self.opt.state_dict(),
+                    "lr": self.lr.state_dict(), "gen": self.gen.get_state(), "step": self.step,
+                    "elapsed": self.elapsed}, tmp)
+        tmp.replace(state_file)
+
+
+def _loss(policy: Policy, fields: dict[str, torch.Tensor], rows: torch.Tensor,
+          alphas: torch.Tensor, T: int, gen: torch.Generator) -> torch.Tensor:
+    """Chi et al.'s epsilon-prediction loss on a batch of windows (``rows``: indices into
+    ``fields``), conditioned as the policy conditions at inference."""
+    nobs = {}
+    for k in policy.obs_spec:
+        x = fields[k][rows[:, : policy.n_obs_steps]]
+        x = _to_chw_float(x) if k in policy.cameras else x.float()
+        nobs[k] = policy.normalizer.normalize(k, x)
+    cond = policy.features(nobs)
+    action = policy.normalizer.normalize("action", fields["action"][rows].float())
+    noise = torch.randn(action.shape, device=action.device, generator=gen)
+    t = torch.randint(0, T, (action.shape[0],), device=action.device, generator=gen)
+    a = alphas[t][:, None, None]
+    noisy = a.sqrt() * action + (1 - a).sqrt() * noise
+    return nn.functional.mse_loss(policy.model(noisy, t, cond), noise)
+
+
+def _optimise(run: _Run, policy: Policy, fields: dict[str, torch.Tensor], index: torch.Tensor,
+              state_file: Path, time_budget_s: float | None, log) -> list[float]:
+    """Steps until ``cfg.steps`` (or the time budget); the state is saved every ``save_every``
+    steps and on the way out, however that comes. Returns the losses of the steps taken."""
+    cfg, dev = run.cfg, index.device
+    noise_sched = build_scheduler(DEFAULT_SCHEDULER)
+    alphas = noise_sched.alphas_cumprod.to(dev)
+    T = noise_sched.config.num_train_timesteps
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {cfg.variant}", unit="step")
+    t_start = time.perf_counter() - run.elapsed
+    losses = []
+    try:
+        while run.step < cfg.steps:
+            if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
+                log(f"time budget reached at step {run.step} of {cfg.steps}")
+                break
+            rows = index[torch.randint(len(index), (cfg.batch_size,), device=dev,
+                                       generator=run.gen)]
+            loss = _loss(policy, fields, rows, alphas, T, run.gen)
+            run.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(run.nets.parameters(), 1.0)
+            run.opt.step()
+            run.lr.step()
+            run.ema.update(run.nets)
+            run.step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            if run.step % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if run.step % cfg.save_every == 0:
+                run.elapsed = time.perf_counter() - t_start
+                run.save(state_file)
+    finally:
+        bar.close()
+        run.elapsed = time.perf_counter() - t_start
+        if run.step > 0:
+            run.save(state_file)
+    return losses
+
+
+def _trained_checkpoint(start: Checkpoint, run: _Run, data: dict, windows: int,
+                        losses: list[float], dev: torch.device) -> Checkpoint:
+    """``start`` with the EMA weights, and the record of the run that trained them."""
+    final = Checkpoint(copy.deepcopy(start.config), dict(start.tensors))
+    shadow = run.ema.shadow
+    final.tensors.update({f"model.{k}": v.cpu() for k, v in shadow.model.state_dict().items()})
+    if shadow.obs_encoder is not None:
+        final.tensors.update({f"obs_encoder.{k}": v.cpu()
+                              for k, v in shadow.obs_encoder.state_dict().items()})
+    final.config["training"] = {
+        **asdict(run.cfg), "steps_done": run.step, "episodes": int(len(data["episode_ends"])),
+        "windows": windows, "device": device_label(dev), "seconds": round(run.elapsed, 1),
+        "final_loss": float(np.mean(losses[-200:])) if losses else None,
+    }
+    return final
+
+
 def train(
     data: dict,
     out: str | Path,
@@ -185,124 +332,19 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "train_state.pt"
     torch.manual_seed(cfg.seed)
-    init_ckpt = build_initial(cfg, data, spec)
-    if init is not None:
-        start = load_native(init)
-        if start.config["model"] != init_ckpt.config["model"]:
-            raise ValueError(f"{init} has another model config than this training run")
-        init_ckpt.tensors.update(_transferable(start, init_ckpt))
-        init_ckpt.config["source"] = {"fine_tuned_from": start.config.get("training")}
-    init = init_ckpt
-    policy = Policy(init, device="cpu")  # builds modules + normaliser from the config
+    start = _starting_checkpoint(cfg, data, spec, init)
+    policy = Policy(start, device="cpu")  # builds modules + normaliser from the config
     nets = Nets(policy.model, policy.obs_encoder).to(dev).train()
-    norm = policy.normalizer.to(dev)
-    obs_keys = list(spec.obs)
+    policy.normalizer.to(dev)
     sampler = SequenceSampler(data, cfg.horizon, cfg.n_obs_steps, cfg.n_action_steps,
-                              obs_keys=obs_keys)
-    fields = {k: torch.as_tensor(data[k]).to(dev) for k in (*obs_keys, "action")}
+                              obs_keys=list(policy.obs_spec))
+    fields = {k: torch.as_tensor(data[k]).to(dev) for k in (*policy.obs_spec, "action")}
     index = torch.as_tensor(sampler.indices).to(dev)
-
-    decay, no_decay = [], []
-    for name, p in nets.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name or "emb" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    sched_lr = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ema = EMA(nets, cfg.ema_power, cfg.ema_max_decay)
-    noise_sched = build_scheduler(DEFAULT_SCHEDULER)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-    step, elapsed = 0, 0.0
+    run = _Run(cfg, nets, dev)
     if resume and state_file.is_file():
-        st = torch.load(state_file, map_location=dev, weights_only=False)
-        same = {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}
-        if {k: v for k, v in st["config"].items() if k not in RESUMABLE_CHANGES} != same:
-            raise ValueError(f"{state_file} was written by another training config; remove it "
-                             "or pass the same settings (only steps may change) to resume")
-        nets.load_state_dict(st["nets"])
-        ema.shadow.load_state_dict(st["ema"])
-        ema.step = st["ema_step"]
-        opt.load_state_dict(st["opt"])
-        sched_lr.load_state_dict(st["lr"])
-        gen.set_state(st["gen"].cpu())
-        step, elapsed = st["step"], st["elapsed"]
-        log(f"resumed from step {step}")
-
-    def save_state() -> None:
-        tmp = state_file.with_suffix(".tmp")
-        torch.save({"config": asdict(cfg), "nets": nets.state_dict(),
-                    "ema": ema.shadow.state_dict(),
-                    "ema_step": ema.step, "opt": opt.state_dict(), "lr": sched_lr.state_dict(),
-                    "gen": gen.get_state(), "step": step, "elapsed": elapsed}, tmp)
-        tmp.replace(state_file)
-
-    alphas = noise_sched.alphas_cumprod.to(dev)
-    T = noise_sched.config.num_train_timesteps
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.variant}", unit="step")
-    t_start = time.perf_counter() - elapsed
-    losses = []
-    try:
-        while step < cfg.steps:
-            if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
-                log(f"time budget reached at step {step} of {cfg.steps}")
-                break
-            rows = index[torch.randint(len(index), (cfg.batch_size,), device=dev, generator=gen)]
-            obs_rows = rows[:, : cfg.n_obs_steps]
-            nobs = {}
-            for k in obs_keys:
-                x = fields[k][obs_rows]
-                x = _to_chw_float(x) if spec.obs[k]["type"] == "rgb" else x.float()
-                nobs[k] = norm.normalize(k, x)
-            if nets.obs_encoder is not None:
-                B = rows.shape[0]
-                flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in nobs.items()}
-                cond = nets.obs_encoder(flat).reshape(B, cfg.n_obs_steps, -1)
-            else:
-                cond = torch.cat([nobs[k] for k in obs_keys], dim=-1)
-            action = norm.normalize("action", fields["action"][rows].float())
-            noise = torch.randn(action.shape, device=dev, generator=gen)
-            t = torch.randint(0, T, (action.shape[0],), device=dev, generator=gen)
-            a = alphas[t][:, None, None]
-            noisy = a.sqrt() * action + (1 - a).sqrt() * noise
-            loss = nn.functional.mse_loss(nets.model(noisy, t, cond), noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(nets.parameters(), 1.0)
-            opt.step()
-            sched_lr.step()
-            ema.update(nets)
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            if step % cfg.save_every == 0:
-                elapsed = time.perf_counter() - t_start
-                save_state()
-    finally:
-        bar.close()
-        elapsed = time.perf_counter() - t_start
-        if step > 0:
-            save_state()
-
-    final = Checkpoint(copy.deepcopy(init.config), dict(init.tensors))
-    final.tensors.update({f"model.{k}": v.cpu() for k, v in ema.shadow.model.state_dict().items()})
-    if ema.shadow.obs_encoder is not None:
-        final.tensors.update({f"obs_encoder.{k}": v.cpu()
-                              for k, v in ema.shadow.obs_encoder.state_dict().items()})
-    final.config["training"] = {
-        **asdict(cfg), "steps_done": step, "episodes": int(len(data["episode_ends"])),
-        "windows": len(sampler), "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda" else "cpu", "seconds": round(elapsed, 1),
-        "final_loss": float(np.mean(losses[-200:])) if losses else None,
-    }
-    save_native(final, out)
-    log(f"wrote {out} after {step} steps in {elapsed / 60:.1f} min")
+        run.resume(state_file, dev)
+        log(f"resumed from step {run.step}")
+    losses = _optimise(run, policy, fields, index, state_file, time_budget_s, log)
+    save_native(_trained_checkpoint(start, run, data, len(sampler), losses, dev), out)
+    log(f"wrote {out} after {run.step} steps in {run.elapsed / 60:.1f} min")
     return out
