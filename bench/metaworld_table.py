@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from bac_ros.policy.policy import Policy
-from bac_ros.policy.timing import device_label, time_interleaved
-from bac_ros.sim.evaluate import apply_method, evaluate, wilson_interval
+from bac_ros.policy.timing import device_label
+from bac_ros.sim.evaluate import evaluate, time_methods, wilson_interval
 from bac_ros.sim.metaworld import expert_outcomes
 from bac_ros.sim.tasks import task_of
 
@@ -67,8 +67,7 @@ def main(argv=None) -> int:
     window = {k: np.stack([v] * policy.n_obs_steps)
               for k, v in _first_obs(task, policy.reads_images).items()
               if k in policy.obs_spec}
-    setups = {name: (lambda m=method: apply_method(policy, m)) for name, method in methods.items()}
-    times = time_interleaved(policy, setups, window, args.repeats)
+    times = time_methods(policy, methods, window, args.repeats)
     median = {name: float(np.median(t)) for name, t in times.items()}
     for r in rows[1:]:
         r["latency_ms"] = 1e3 * median[r["name"]]

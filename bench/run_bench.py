@@ -40,7 +40,6 @@ import subprocess
 import sys
 import threading
 import time
-from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -60,10 +59,10 @@ from bac_ros.policy.fidelity import (  # noqa: E402
     step_rmse,
 )
 from bac_ros.policy.policy import Policy, resolve_device  # noqa: E402
-from bac_ros.policy.timing import device_label, time_interleaved  # noqa: E402
+from bac_ros.policy.timing import device_label  # noqa: E402
 from bac_ros.policy.tune import profile_and_compile  # noqa: E402
 from bac_ros.sim import cluster  # noqa: E402
-from bac_ros.sim.evaluate import apply_method, evaluate  # noqa: E402
+from bac_ros.sim.evaluate import apply_method, evaluate, time_methods  # noqa: E402
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
 from bac_ros.train.dataset import observation_windows  # noqa: E402
 
@@ -143,11 +142,6 @@ def compile_methods(policy: Policy, obs: list[dict], folder: Path, quick: bool,
     for path in sorted(shipped.glob("tuned_*.yaml")):
         methods[f"bac tune ({path.stem})"] = ("bac tune", f"bac:{path}")
     return methods, cost
-
-
-def time_methods(policy: Policy, methods: dict, obs: dict, repeats: int) -> dict:
-    return time_interleaved(policy, {name: partial(apply_method, policy, method)
-                                     for name, (_, method) in methods.items()}, obs, repeats)
 
 
 def action_errors(policy: Policy, methods: dict, obs: list[dict]) -> dict:
@@ -290,7 +284,8 @@ def measure_model(ckpt: Path, args, log) -> tuple[dict, Policy, list]:
     methods, cost = compile_methods(policy, profile_obs, ROOT / "out" / "bench" / ckpt.name,
                                     args.quick, ckpt)
     log(f"{ckpt.name}: {len(methods)} methods; profiling {cost['profile_s']:.1f} s")
-    times = time_methods(policy, methods, error_obs[0], args.repeats)
+    times = time_methods(policy, {name: m for name, (_, m) in methods.items()}, error_obs[0],
+                         args.repeats)
     errors = action_errors(policy, methods, error_obs)
     fid = fidelity_scores(policy, methods, error_obs[: args.fidelity_obs], args.fidelity_samples)
     log(f"{ckpt.name}: latency, action error and fidelity measured")
