@@ -349,7 +349,8 @@ def _eval_cluster(args, job) -> int:
             _write_json(args, {**cluster.merge(cells, args.mode == "realtime"),
                                "success_source": pool.source, "complete": False})
 
-        (report,), failures = cluster.run_jobs(pool, [job], args.cell_episodes or 25, on_cell)
+        (report,), failures = cluster.run_jobs(pool, [job], args.cell_episodes or CELL_EPISODES,
+                                               on_cell)
         source = pool.source
     if failures:
         if cells:
@@ -482,6 +483,19 @@ def _train_parser(sub) -> None:
     p.set_defaults(func=_train)
 
 
+CELL_EPISODES = 25  # episodes per Ray task unless --cell-episodes says
+
+
+def cluster_arguments(parser, workers_help: str, ray_help: str) -> None:
+    """``--workers N`` | ``--ray ADDRESS`` and ``--cell-episodes``: where episodes run (``bac
+    eval``, ``bench/run_bench.py``)."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N", help=workers_help)
+    where.add_argument("--ray", metavar="ADDRESS", help=ray_help)
+    parser.add_argument("--cell-episodes", type=int, metavar="N",
+                        help=f"episodes per Ray task (default {CELL_EPISODES})")
+
+
 def _eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="closed-loop success of a sampling method on the task")
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -494,13 +508,8 @@ def _eval_parser(sub) -> None:
                    help="realtime mode: assume this fixed latency instead of timing each chunk")
     p.add_argument("--json", type=Path, help="write the full report here (with --workers or "
                    "--ray: rewritten as each cell of episodes finishes)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N",
-                       help="split the episodes between N local Ray workers (needs bac_ros[ray])")
-    where.add_argument("--ray", metavar="ADDRESS",
-                       help="split the episodes over the Ray cluster at ADDRESS (HOST:PORT)")
-    p.add_argument("--cell-episodes", type=int, metavar="N",
-                   help="episodes per Ray task (default 25)")
+    cluster_arguments(p, "split the episodes between N local Ray workers (needs bac_ros[ray])",
+                      "split the episodes over the Ray cluster at ADDRESS (HOST:PORT)")
     p.add_argument("--replan", default="at_end", help="realtime: at_end | latency_aware, the "
                    "policy node's rule for when the next chunk starts")
     p.add_argument("--seam", default="none", help="realtime: none | inpaint | blend")

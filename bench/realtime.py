@@ -156,8 +156,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", type=Path, help="also write the rows as a markdown table")
     ap.add_argument("--from-json", type=Path, help="only render --markdown from a saved --json")
     args = ap.parse_args(argv)
-    command = "python bench/realtime.py " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python bench/realtime.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.from_json:
         if not args.markdown:
             raise SystemExit("--from-json renders a saved run: give --markdown FILE too")

@@ -49,6 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bac_ros.cli import CELL_EPISODES, cluster_arguments  # noqa: E402
 from bac_ros.nodes.overhead import measure as node_overhead  # noqa: E402
 from bac_ros.policy.fidelity import (  # noqa: E402
     CANDIDATE_SEED,
@@ -524,13 +525,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "are carried over (each keeps the run that measured it)")
     ap.add_argument("--from-json", type=Path,
                     help="re-render the report and plots from a bench json, measuring nothing")
-    where = ap.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N",
-                       help="closed-loop success on N local Ray workers (latency stays here)")
-    where.add_argument("--ray", metavar="ADDRESS",
-                       help="closed-loop success on the Ray cluster at ADDRESS (HOST:PORT)")
-    ap.add_argument("--cell-episodes", type=int, metavar="N",
-                    help="episodes per Ray task (default 25)")
+    cluster_arguments(ap, "closed-loop success on N local Ray workers (latency stays here)",
+                      "closed-loop success on the Ray cluster at ADDRESS (HOST:PORT)")
     args = ap.parse_args(argv)
     args.episodes = args.episodes or (20 if args.quick else 200)
     args.repeats = args.repeats or (5 if args.quick else 20)
@@ -559,7 +555,7 @@ def ray_pool(args) -> cluster.Cluster | None:
     if pool is None and args.cell_episodes is not None:
         raise SystemExit("run_bench: --cell-episodes splits the episodes between Ray workers; give "
                          "--workers N or --ray ADDRESS too")
-    args.cell_episodes = args.cell_episodes or 25
+    args.cell_episodes = args.cell_episodes or CELL_EPISODES
     return pool
 
 

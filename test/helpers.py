@@ -4,9 +4,14 @@ in ros_helpers.py.
 """
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from bac_ros.models.normalizer import LinearNormalizer
+from bac_ros.policy.build import new_rdt_checkpoint
+from bac_ros.policy.checkpoint import save_native
 
 # A two-block DP-T (paper architecture, no dropout): small enough to build and run in a test.
 SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
@@ -86,3 +91,22 @@ class ReferenceDPT(nn.Module):
             x = self.decoder(tgt=x, memory=memory, tgt_mask=self.mask,
                              memory_mask=self.memory_mask)
         return self.head(self.ln_f(x))
+
+
+def vla_with_backbone(factory: str, folder: Path, instruction: str = "") -> Path:
+    """A tiny RDT VLA (camera 3x16x16 + 3 joints -> 3 actions, horizon 8, 4 actions per chunk)
+    whose condition provider is ``factory`` ("module:Class", a TinyBackbone subclass), attached
+    the way a robot attaches its VLM: the checkpoint names it (``backbone: {type: callable}``)."""
+    norm = LinearNormalizer()
+    norm.fit_image_range("image")
+    norm.fit_limits("joints", torch.rand(64, 3) * 2 - 1)
+    norm.fit_limits("action", torch.rand(64, 3) * 2 - 1)
+    obs = {"image": {"shape": [3, 16, 16], "type": "rgb"},
+           "joints": {"shape": [3], "type": "low_dim"}}
+    vla = new_rdt_checkpoint(obs, 3, norm, dict(depth=2, hidden_size=32, num_heads=4),
+                             horizon=8, n_action_steps=4, num_inference_steps=4,
+                             instruction=instruction)
+    kwargs = {k: v for k, v in vla.config["backbone"].items() if k != "type"}
+    vla.config["backbone"] = {"type": "callable", "factory": factory, "kwargs": kwargs}
+    vla.tensors = {k: v for k, v in vla.tensors.items() if not k.startswith("backbone.")}
+    return save_native(vla, folder / "vla")

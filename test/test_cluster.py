@@ -12,6 +12,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL
 
 from bac_ros.cli import main
 from bac_ros.models.normalizer import LinearNormalizer
@@ -23,8 +24,6 @@ from bac_ros.sim.arm import ArmEnv, ArmTaskConfig
 from bac_ros.sim.evaluate import evaluate
 
 TASK = ArmTaskConfig(max_steps=24)
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
 TIMING = ("wall_s", "mean_latency_ms", "latency_ms")
 
 

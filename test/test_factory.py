@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import SMALL
 
 from bac_ros.cache.plans import uniform_plan
 from bac_ros.cache.schedule import Schedule, ScheduleError
@@ -17,8 +18,6 @@ from bac_ros.policy.factory import load_policy, policy_class, register_policy
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.vla import VLAPolicy
 
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
 IMAGE = {"image": {"shape": [3, 16, 16], "type": "rgb"},
          "joints": {"shape": [3], "type": "low_dim"}}
 K = 6

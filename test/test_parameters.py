@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-import torch
+from helpers import vla_with_backbone
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from ros_helpers import (
@@ -28,9 +28,6 @@ from ros_helpers import (
 )
 
 from bac_ros.models.backbone import TinyBackbone
-from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.policy.build import new_rdt_checkpoint
-from bac_ros.policy.checkpoint import save_native
 
 pytestmark = pytest.mark.ros
 def check_action_high(p: Probe) -> None:
@@ -389,20 +386,8 @@ class GatedBackbone(TinyBackbone):
 
 @pytest.fixture(scope="module")
 def gated_vla(tmp_path_factory):
-    norm = LinearNormalizer()
-    norm.fit_image_range("image")
-    norm.fit_limits("joints", torch.rand(64, 3) * 2 - 1)
-    norm.fit_limits("action", torch.rand(64, 3) * 2 - 1)
-    obs = {"image": {"shape": [3, 16, 16], "type": "rgb"},
-           "joints": {"shape": [3], "type": "low_dim"}}
-    vla = new_rdt_checkpoint(obs, 3, norm, dict(depth=2, hidden_size=32, num_heads=4),
-                              horizon=8, n_action_steps=4, num_inference_steps=4,
-                              instruction="pick up the red block")
-    kwargs = {k: v for k, v in vla.config["backbone"].items() if k != "type"}
-    vla.config["backbone"] = {"type": "callable", "factory": f"{__name__}:GatedBackbone",
-                              "kwargs": kwargs}
-    vla.tensors = {k: v for k, v in vla.tensors.items() if not k.startswith("backbone.")}
-    return save_native(vla, tmp_path_factory.mktemp("gated") / "vla")
+    return vla_with_backbone(f"{__name__}:GatedBackbone", tmp_path_factory.mktemp("gated"),
+                             instruction="pick up the red block")
 
 
 def test_a_chunk_older_than_max_chunk_age_is_dropped_and_counted(running, gated_vla):

@@ -11,6 +11,7 @@ import pytest
 import rclpy
 import torch
 import yaml
+from helpers import SMALL, vla_with_backbone
 from ros_helpers import Probe, SimClock
 
 from bac_ros.cache.engine import DenoisingEngine
@@ -20,7 +21,7 @@ from bac_ros.cache.schedulers import DEFAULT_SCHEDULER, build_scheduler
 from bac_ros.models.backbone import TinyBackbone
 from bac_ros.models.dpt import TransformerForDiffusion
 from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.policy.build import new_checkpoint, new_rdt_checkpoint
+from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.realtime import Execution, Replanner, blend, seam_weights
@@ -28,8 +29,6 @@ from bac_ros.sim.arm import ArmEnv, ArmTaskConfig
 from bac_ros.sim.evaluate import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(n_layer=2, n_head=2, n_emb=32, p_drop_emb=0.0, p_drop_attn=0.0, causal_attn=True,
-             time_as_cond=True, n_cond_layers=0)
 
 
 # -- the rule --------------------------------------------------------------------------------
@@ -411,19 +410,7 @@ class SteppedBackbone(TinyBackbone):
 
 @pytest.fixture(scope="module")
 def stepped_vla(tmp_path_factory):
-    norm = LinearNormalizer()
-    norm.fit_image_range("image")
-    norm.fit_limits("joints", torch.rand(64, 3) * 2 - 1)
-    norm.fit_limits("action", torch.rand(64, 3) * 2 - 1)
-    obs = {"image": {"shape": [3, 16, 16], "type": "rgb"},
-           "joints": {"shape": [3], "type": "low_dim"}}
-    vla = new_rdt_checkpoint(obs, 3, norm, dict(depth=2, hidden_size=32, num_heads=4),
-                             horizon=8, n_action_steps=4, num_inference_steps=4)
-    kwargs = {k: v for k, v in vla.config["backbone"].items() if k != "type"}
-    vla.config["backbone"] = {"type": "callable", "factory": f"{__name__}:SteppedBackbone",
-                              "kwargs": kwargs}
-    vla.tensors = {k: v for k, v in vla.tensors.items() if not k.startswith("backbone.")}
-    return save_native(vla, tmp_path_factory.mktemp("stepped") / "vla")
+    return vla_with_backbone(f"{__name__}:SteppedBackbone", tmp_path_factory.mktemp("stepped"))
 
 
 @pytest.mark.ros
