@@ -5,10 +5,17 @@ same seeded episodes, and each method's speedup over full compute measured side 
         --episodes 200 --out docs/eval_metaworld_drawer_open.md
 
 Rows: the scripted expert (the reference the floor is relative to); full compute (DDPM-100);
-the checkpoint's shipped ``bac_s10_k5.yaml`` and ``tuned_x5.yaml``; DDIM-10 and DDPM-10.
-Lockstep episodes (seeds from 100000, disjoint from the demonstration seeds from 0), one batch
-per method with the same initial noise. Latency: median batch-1 ``predict``, every method once
-per round in turn, so a busy machine slows all alike and the ratios stay meaningful.
+the checkpoint's shipped ``bac_s10_k5.yaml`` and ``tuned_x5.yaml``; DDIM-10, DDPM-10, and
+uniform caching every 10 steps (the paper's baseline at BAC S=10's budget). Lockstep episodes
+(seeds from 100000, disjoint from the demonstration seeds from 0), one batch per method with the
+same initial noise. Latency: median batch-1 ``predict``, every method once per round in turn, so
+a busy machine slows all alike and the ratios stay meaningful. Offline fidelity: energy distance
+of each method's chunks to full compute's on observation windows of fresh expert episodes
+(seeds from 0), as in `make bench`, so bench/cross_task.py can ask whether it ranks methods as
+success does.
+
+Each method's episodes are saved as they finish (``<out>.partial.json``); a rerun with the same
+checkpoint, seeds and episode count starts from them.
 """
 
 from __future__ import annotations
@@ -20,20 +27,37 @@ from pathlib import Path
 
 import numpy as np
 
+from bac_ros.policy.fidelity import CANDIDATE_SEED, REFERENCE_SEED, draw_chunks, fidelity
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.timing import device_label
-from bac_ros.sim.evaluate import evaluate, time_methods, wilson_interval
+from bac_ros.sim.evaluate import apply_method, evaluate, time_methods, wilson_interval
 from bac_ros.sim.metaworld import expert_outcomes
-from bac_ros.sim.tasks import task_of
+from bac_ros.sim.tasks import task_demos, task_of
+from bac_ros.train.dataset import observation_windows
 
 
 def methods_of(checkpoint: Path) -> dict[str, str]:
     methods = {"full (DDPM-100)": "full"}
-    for name, file in (("BAC S=10 k=5", "bac_s10_k5.yaml"), ("tuned x5", "tuned_x5.yaml")):
+    for name, file in (("BAC S=10 k=5", "bac_s10_k5.yaml"),
+                       ("bac tune (tuned_x5)", "tuned_x5.yaml")):
         if (checkpoint / file).is_file():
             methods[name] = f"bac:{checkpoint / file}"
-    methods.update({"DDIM-10": "ddim:10", "DDPM-10": "ddpm:10"})
+    methods.update({"DDIM-10": "ddim:10", "DDPM-10": "ddpm:10", "uniform:10": "uniform:10"})
     return methods
+
+
+def fidelity_of(policy: Policy, task, methods: dict[str, str], n_obs: int, n_samples: int
+                ) -> dict[str, dict]:
+    """Energy distance of every method's chunks to full compute's (bac_ros.policy.fidelity)."""
+    data = task_demos(task, max(4, n_obs // 2), seed=0, images=policy.reads_images)
+    obs = observation_windows(data, list(policy.obs_spec), policy.n_obs_steps, n_obs, seed=1)
+    apply_method(policy, "full")
+    reference = draw_chunks(policy, obs, n_samples, seed=REFERENCE_SEED)
+    out = {}
+    for name, method in methods.items():
+        apply_method(policy, method)
+        out[name] = fidelity(reference, draw_chunks(policy, obs, n_samples, seed=CANDIDATE_SEED))
+    return out
 
 
 def main(argv=None) -> int:
@@ -43,26 +67,50 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=10, help="latency rounds")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--fidelity-obs", type=int, default=16,
+                    help="observation windows the offline fidelity is measured on")
+    ap.add_argument("--fidelity-samples", type=int, default=16, help="chunks per window")
     ap.add_argument("--out", type=Path, required=True, help="markdown table to write")
     args = ap.parse_args(argv)
 
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
     task = task_of(policy)
     seeds = range(args.seed, args.seed + args.episodes)
+    partial = args.out.with_suffix(".partial.json")
+    run = {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed}
+    done = json.loads(partial.read_text()) if partial.is_file() else {}
+    done = done.get("rows", {}) if done.get("run") == run else {}
+    if done:
+        print(f"resuming from {partial}: {', '.join(done)}", flush=True)
+
+    def keep(row: dict) -> dict:
+        done[row["name"]] = row
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"run": run, "rows": done}, indent=1))
+        return row
+
     t0 = time.perf_counter()
-    expert = expert_outcomes(task, seeds)
-    rows = [{"name": "scripted expert", "success_rate": float(np.mean(expert)),
-             "ci95": list(wilson_interval(sum(expert), len(expert))), "speedup": None,
-             "wall_s": round(time.perf_counter() - t0, 1)}]
+    if "scripted expert" not in done:
+        expert = expert_outcomes(task, seeds)
+        keep({"name": "scripted expert", "success_rate": float(np.mean(expert)),
+              "ci95": list(wilson_interval(sum(expert), len(expert))), "speedup": None,
+              "wall_s": round(time.perf_counter() - t0, 1)})
+    rows = [done["scripted expert"]]
     print(f"expert: {rows[0]['success_rate']:.1%}", flush=True)
     methods = methods_of(args.checkpoint)
     for name, method in methods.items():
-        r = evaluate(policy, method, args.episodes, args.seed, "lockstep")
-        r = {k: v for k, v in r.items() if k != "per_episode"} | {"name": name}
+        if name not in done:
+            r = evaluate(policy, method, args.episodes, args.seed, "lockstep")
+            keep({k: v for k, v in r.items() if k != "per_episode"} | {"name": name})
+        r = done[name]
         rows.append(r)
         lo, hi = r["ci95"]
         print(f"{name:<16} success {r['success_rate']:6.1%} [{lo:.1%}, {hi:.1%}] "
               f"({r['wall_s']:.0f} s)", flush=True)
+    fid = fidelity_of(policy, task, methods, args.fidelity_obs, args.fidelity_samples)
+    for r in rows[1:]:
+        r["fidelity_energy"] = fid[r["name"]]["energy"]
+        r["fidelity_energy_sem"] = fid[r["name"]]["energy_sem"]
 
     window = {k: np.stack([v] * policy.n_obs_steps)
               for k, v in _first_obs(task, policy.reads_images).items()
@@ -81,13 +129,16 @@ def main(argv=None) -> int:
         f"Lockstep, {args.episodes} episodes (seeds {args.seed}..{args.seed + args.episodes - 1}, "
         "disjoint from the demonstration seeds), the same seeds for every row and the same "
         f"initial noise for every method. Latency: median batch-1 `predict` on {device}, "
-        f"{args.repeats} interleaved rounds.",
+        f"{args.repeats} interleaved rounds. Energy distance: {args.fidelity_obs} observation "
+        f"windows of expert episodes x {args.fidelity_samples} chunks, against full compute's "
+        "drawn with other noise (full against itself shows the noise floor).",
         "",
         f"Reproduce: `python bench/metaworld_table.py --checkpoint {args.checkpoint} "
         f"--episodes {args.episodes} --out {args.out}`",
         "",
-        "| method | success | 95% CI | vs full (points) | latency (ms) | speedup |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | success | 95% CI | vs full (points) | latency (ms) | speedup | "
+        "energy distance to full |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lo, hi = r["ci95"]
@@ -95,8 +146,10 @@ def main(argv=None) -> int:
             f"{100 * (r['success_rate'] - full):+.1f}"
         lat = f"{r['latency_ms']:.1f}" if "latency_ms" in r else ""
         sp = f"{r['speedup']:.2f}x" if r["speedup"] else ""
+        en = (f"{r['fidelity_energy']:.3f} ± {r['fidelity_energy_sem']:.3f}"
+              if "fidelity_energy" in r else "")
         lines.append(f"| {r['name']} | {r['success_rate']:.1%} | {lo:.1%} – {hi:.1%} | {vs} | "
-                     f"{lat} | {sp} |")
+                     f"{lat} | {sp} | {en} |")
     floor = 0.8 * rows[0]["success_rate"]
     lines += ["", f"Floor (issue 17): full compute >= 80% of the expert's rate = {floor:.1%}: "
               f"{'met' if full >= floor else 'NOT met'} ({full:.1%})."]
@@ -104,7 +157,9 @@ def main(argv=None) -> int:
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
         {"checkpoint": str(args.checkpoint), "task": task.task, "device": device,
+         "fidelity": {"observations": args.fidelity_obs, "samples": args.fidelity_samples},
          "rows": rows}, indent=1))
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -48,6 +48,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from bac_ros.cli import CELL_EPISODES, cluster_arguments  # noqa: E402
 from bac_ros.nodes.overhead import measure as node_overhead  # noqa: E402
@@ -499,13 +500,129 @@ def _section(res: dict, args, meta: dict, several_runs: bool) -> list[str]:
     return lines + _table(res["rows"]) + _findings(res, args) + _costs(res)
 
 
-def report(results: list[dict], args, meta: dict) -> str:
+#: The methods every task's table has: `make bench` sections and bench/metaworld_table.py alike.
+CROSS_METHODS = ("BAC S=10 k=5", "bac tune (tuned_x5)", "DDIM-10", "DDPM-10", "uniform:10")
+
+
+def task_tables(results: list[dict], docs: Path) -> list[dict]:
+    """One entry per task: the `make bench` sections, then every Meta-World table
+    (``docs/eval_metaworld_*.json``) of a checkpoint this bench has no section for."""
+    tables, benched = [], {Path(res["checkpoint"]).name for res in results}
+    for res in results:
+        tables.append({"task": Path(res["checkpoint"]).name, "checkpoint": res["checkpoint"],
+                       "source": "`make bench`, this file", "expert": None,
+                       "rows": {r["name"]: dict(r["success_lockstep"], speedup=r["speedup"],
+                                                energy=r["fidelity_energy"])
+                                for r in res["rows"]}})
+    for path in sorted(docs.glob("eval_metaworld_*.json")):
+        saved = json.loads(path.read_text())
+        if Path(saved["checkpoint"]).name in benched:
+            continue
+        rows = {r["name"]: dict(r, energy=r.get("fidelity_energy")) for r in saved["rows"]}
+        tables.append({"task": f"metaworld {saved['task']}", "checkpoint": saved["checkpoint"],
+                       "source": f"[{path.stem}.md]({path.stem}.md)",
+                       "expert": rows.pop("scripted expert"), "rows": rows})
+    return tables
+
+
+def _points(row: dict, full: dict) -> str:
+    d, lo, hi = diff_interval(row, full)
+    mark = "" if lo <= 0 <= hi else " *"
+    return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark} · {row['speedup']:.1f}×"
+
+
+def _rank_agreement(tables: list[dict]) -> list[str]:
+    """Spearman of offline fidelity (lower energy distance) against lockstep success, per task
+    and pooled over every (task, method) pair as success minus that task's full compute."""
+    lines = ["| task | methods | Spearman (energy vs success) |", "|---|---:|---:|"]
+    pooled_e, pooled_s = [], []
+    for t in tables:
+        full = t["rows"]["full (DDPM-100)"]["success_rate"]
+        scored = [r for r in t["rows"].values() if r.get("energy") is not None]
+        rho = spearman([-r["energy"] for r in scored], [r["success_rate"] for r in scored])
+        shown = "undefined (every method has the same success)" if math.isnan(rho) \
+            else f"{rho:.2f}"
+        lines.append(f"| {t['task']} | {len(scored)} | {shown} |")
+        for r in scored:
+            if r is not t["rows"]["full (DDPM-100)"]:
+                pooled_e.append(-r["energy"])
+                pooled_s.append(r["success_rate"] - full)
+    rho = spearman(pooled_e, pooled_s)
+    lines.append(f"| pooled (success − full) | {len(pooled_e)} | {rho:.2f} |")
+    return lines
+
+
+def _tune_rows(tables: list[dict]) -> list[str]:
+    lines = ["| task | `bac tune --speedup 5` chose | speedup | success | full |",
+             "|---|---|---:|---:|---:|"]
+    for t in tables:
+        row = t["rows"].get("bac tune (tuned_x5)")
+        file = ROOT / t["checkpoint"] / "tuned_x5.yaml"
+        if row is None or not file.is_file():
+            continue
+        chose = yaml.safe_load(file.read_text())["method"]["candidate"]
+        lines.append(f"| {t['task']} | {chose} | {row['speedup']:.1f}× | {_pct(row)} | "
+                     f"{_pct(t['rows']['full (DDPM-100)'])} |")
+    return lines
+
+
+def _bac_claim(tables: list[dict]) -> list[str]:
+    """The paper's claim, BAC S=10 k=5 within noise of full compute, task by task."""
+    lines = []
+    for t in tables:
+        bac, full = t["rows"].get("BAC S=10 k=5"), t["rows"]["full (DDPM-100)"]
+        if bac is None:
+            continue
+        d, lo, hi = diff_interval(bac, full)
+        holds = lo <= 0 <= hi or lo > 0
+        lines.append(f"- {t['task']}: BAC S=10 k=5 {_pct(bac)} against full {_pct(full)}, "
+                     f"{100 * d:+.1f} points [{100 * lo:+.1f}, {100 * hi:+.1f}] at "
+                     f"{bac['speedup']:.1f}×: the claim "
+                     + ("holds (within noise)." if holds else "**fails** (below full beyond "
+                        "noise)."))
+    return lines
+
+
+def cross_task(results: list[dict], docs: Path) -> list[str]:
+    """Every task side by side: success minus full per method, how well offline fidelity ranks
+    methods, what `bac tune` chose, and where the paper's claim holds."""
+    tables = task_tables(results, docs)
+    head = "| method | " + " | ".join(t["task"] for t in tables) + " |"
+    lines = [
+        "## Cross-task summary", "",
+        "Success minus full compute in points, lockstep, with the 95% interval of the "
+        "difference (Newcombe; * = it excludes 0), then the speedup over full measured in that "
+        "table's run. Meta-World tasks come from `python bench/metaworld_table.py` (200 seeds, "
+        "the methods of this table only; `make bench`'s 27 methods there are not measured yet: "
+        "the CPU hours it takes). Sources: "
+        + "; ".join(f"{t['task']}: {t['source']}" for t in tables) + ".", "",
+        head, "|---|" + "---:|" * len(tables),
+        "| full compute (success) | " + " | ".join(
+            _pct(t["rows"]["full (DDPM-100)"]) for t in tables) + " |",
+        "| scripted expert (success) | " + " | ".join(
+            _pct(t["expert"]) if t["expert"] else "" for t in tables) + " |",
+    ]
+    for name in CROSS_METHODS:
+        full = [t["rows"]["full (DDPM-100)"] for t in tables]
+        lines.append(f"| {name} | " + " | ".join(
+            _points(t["rows"][name], f) if name in t["rows"] else "not measured"
+            for t, f in zip(tables, full)) + " |")
+    lines += ["", "**The paper's claim** (BAC S=10 k=5 keeps full compute's behaviour):", "",
+              *_bac_claim(tables), "",
+              "**Offline fidelity against success** (does the energy distance rank methods as "
+              "closed-loop success does?):", "", *_rank_agreement(tables), "",
+              "**`bac tune --speedup 5`** per checkpoint, closed loop:", "", *_tune_rows(tables),
+              ""]
+    return lines
+
+
+def report(results: list[dict], args, meta: dict, docs: Path) -> str:
     several_runs = len({json.dumps(res.get("run", meta), sort_keys=True)
                         for res in results}) > 1
     lines = _header(args, meta, several_runs)
     for res in results:
         lines += _section(res, args, meta, several_runs)
-    return "\n".join(lines)
+    return "\n".join(lines + cross_task(results, docs))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -542,7 +659,7 @@ def rerender(args, out: Path, plots: Path) -> None:
     for res in saved["results"]:
         draw_plots(Path(res["checkpoint"]).name, res["rows"], plots)
     vars(args).update({k: v for k, v in saved["args"].items() if k not in ("out", "from_json")})
-    out.write_text(report(saved["results"], args, saved["meta"]) + "\n")
+    out.write_text(report(saved["results"], args, saved["meta"], ROOT / "docs") + "\n")
 
 
 def ray_pool(args) -> cluster.Cluster | None:
@@ -657,7 +774,7 @@ def main(argv=None) -> int:
         res["run"] = meta
     if args.keep:
         carry_over(args.keep, args, results)
-    out.write_text(report(results, args, meta) + "\n")
+    out.write_text(report(results, args, meta, ROOT / "docs") + "\n")
     out.with_name(out.stem.replace("BENCHMARKS", "bench") + ".json").write_text(
         json.dumps({"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v)
                                           for k, v in vars(args).items()},
