@@ -505,8 +505,8 @@ CROSS_METHODS = ("BAC S=10 k=5", "bac tune (tuned_x5)", "DDIM-10", "DDPM-10", "u
 
 
 def task_tables(results: list[dict], docs: Path) -> list[dict]:
-    """One entry per task: the `make bench` sections, then every Meta-World table
-    (``docs/eval_metaworld_*.json``) of a checkpoint this bench has no section for."""
+    """One entry per task: the `make bench` sections, then every Meta-World table beside the
+    report (``eval_metaworld_*.json``) of a checkpoint this bench has no section for."""
     tables, benched = [], {Path(res["checkpoint"]).name for res in results}
     for res in results:
         tables.append({"task": Path(res["checkpoint"]).name, "checkpoint": res["checkpoint"],
@@ -635,7 +635,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--episodes", type=int)
     ap.add_argument("--seed", type=int, default=100_000)
     ap.add_argument("--repeats", type=int)
-    ap.add_argument("--out", type=Path, help="markdown report (default by device)")
+    ap.add_argument("--out", type=Path,
+                    help="markdown report (default by device); plots go to plots/bench/ beside it")
     ap.add_argument("--node-on-cuda", action="store_true")
     ap.add_argument("--keep", type=Path,
                     help="bench json whose sections for checkpoints not measured in this run "
@@ -659,7 +660,7 @@ def rerender(args, out: Path, plots: Path) -> None:
     for res in saved["results"]:
         draw_plots(Path(res["checkpoint"]).name, res["rows"], plots)
     vars(args).update({k: v for k, v in saved["args"].items() if k not in ("out", "from_json")})
-    out.write_text(report(saved["results"], args, saved["meta"], ROOT / "docs") + "\n")
+    out.write_text(report(saved["results"], args, saved["meta"], out.parent) + "\n")
 
 
 def ray_pool(args) -> cluster.Cluster | None:
@@ -757,7 +758,7 @@ def main(argv=None) -> int:
     slug = "" if device.type == "cpu" else "_" + device_label(device).replace(" ", "_")
     docs = ROOT / ("out" if args.quick else "docs")  # a quick run never replaces the docs
     out = args.out or docs / f"BENCHMARKS{slug}.md"
-    plots = docs / "plots" / "bench"
+    plots = out.parent / "plots" / "bench"  # where the report's plots/bench/ links point
     plots.mkdir(parents=True, exist_ok=True)
 
     def log(text):
@@ -774,7 +775,7 @@ def main(argv=None) -> int:
         res["run"] = meta
     if args.keep:
         carry_over(args.keep, args, results)
-    out.write_text(report(results, args, meta, ROOT / "docs") + "\n")
+    out.write_text(report(results, args, meta, out.parent) + "\n")
     out.with_name(out.stem.replace("BENCHMARKS", "bench") + ".json").write_text(
         json.dumps({"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v)
                                           for k, v in vars(args).items()},

@@ -1,0 +1,83 @@
+"""`make bench`'s report, re-rendered from a saved run: the cross-task summary says what the
+per-task tables beside it say (bench/run_bench.py --from-json, run as a user runs it)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bac_ros.sim.evaluate import wilson_interval
+
+REPO = Path(__file__).resolve().parents[1]
+N = 200
+
+
+def _row(name: str, successes: int, speedup: float | None, energy: float | None) -> dict:
+    row = {"name": name, "success_rate": successes / N,
+           "ci95": list(wilson_interval(successes, N)), "speedup": speedup}
+    return row if energy is None else row | {"fidelity_energy": energy, "fidelity_energy_sem": 0.0}
+
+
+def _metaworld_table(folder: Path, task: str, bac: int) -> None:
+    """A bench/metaworld_table.py JSON: success falls as the energy distance grows."""
+    rows = [_row("scripted expert", 196, None, None), _row("full (DDPM-100)", 190, 1.0, -0.01),
+            _row("BAC S=10 k=5", bac, 4.3, 0.3 if bac < 190 else 0.001),
+            _row("bac tune (tuned_x5)", 186, 18.0, 0.05), _row("DDIM-10", 180, 9.6, 0.08),
+            _row("DDPM-10", 170, 9.6, 0.12), _row("uniform:10", 100, 4.0, 0.5)]
+    (folder / f"eval_metaworld_{task}.json").write_text(json.dumps(
+        {"checkpoint": f"checkpoints/metaworld_{task}_lowdim", "task": task, "rows": rows}))
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[str, dict]:
+    folder = tmp_path_factory.mktemp("report")
+    saved = json.loads((REPO / "docs" / "bench.json").read_text())
+    saved["results"] = [r for r in saved["results"] if r["checkpoint"].endswith("arm_lowdim")]
+    (folder / "bench.json").write_text(json.dumps(saved))
+    _metaworld_table(folder, "hard", bac=120)
+    _metaworld_table(folder, "easy", bac=190)
+    out = folder / "BENCHMARKS.md"
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--from-json",
+                           str(folder / "bench.json"), "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (folder / "plots" / "bench" / "arm_lowdim_frontier.png").is_file()  # beside --out
+    return out.read_text(), saved["results"][0]
+
+
+def _summary_row(text: str, name: str) -> list[str]:
+    summary = text.split("## Cross-task summary", 1)[1]
+    line = next(li for li in summary.splitlines() if li.startswith(f"| {name} |"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def test_the_summary_has_every_task_and_their_differences(rendered):
+    text, arm = rendered
+    assert "| method | arm_lowdim | metaworld easy | metaworld hard |" in text
+    rows = {r["name"]: r for r in arm["rows"]}
+    d = rows["BAC S=10 k=5"]["success_lockstep"]["success_rate"] - \
+        rows["full (DDPM-100)"]["success_lockstep"]["success_rate"]
+    arm_cell, easy, hard = _summary_row(text, "BAC S=10 k=5")
+    assert arm_cell.startswith(f"{100 * d:+.1f} [")
+    assert easy.startswith("+0.0 [") and "*" not in easy and easy.endswith("4.3×")
+    assert hard.startswith("-35.0 [") and "*" in hard  # 60% against 95%: beyond noise
+    assert _summary_row(text, "scripted expert (success)")[1].startswith("98.0%")
+
+
+def test_the_papers_claim_is_judged_task_by_task(rendered):
+    text, _ = rendered
+    claim = {li.split(":")[0]: li for li in text.splitlines() if li.startswith("- metaworld ")}
+    assert claim["- metaworld easy"].endswith("the claim holds (within noise).")
+    assert claim["- metaworld hard"].endswith("the claim **fails** (below full beyond noise).")
+
+
+def test_fidelity_ranks_are_reported_per_task_and_pooled(rendered):
+    text, arm = rendered
+    assert "| metaworld hard | 6 | 1.00 |" in text  # success falls exactly as energy grows
+    rho = next(li for li in text.splitlines() if li.startswith("| arm_lowdim | 27 |"))
+    assert float(rho.split("|")[3]) == pytest.approx(arm["validation"]["spearman_energy"],
+                                                     abs=0.005)
+    pooled = next(li for li in text.splitlines() if li.startswith("| pooled (success − full) |"))
+    assert pooled.split("|")[2].strip() == str(26 + 5 + 5)
