@@ -17,7 +17,7 @@ docs/BENCHMARKS_<card>.md and docs/bench_<card>.json). For each bundled checkpoi
 * action error against full compute with the same noise (MSE, max abs) on recorded
   observations of expert demonstrations (never the evaluation seeds);
 * closed-loop success on the same seeds for all methods, lockstep and real time (the world
-  moves on at 10 Hz during the median latency measured here);
+  moves on at the task's control rate during the median latency measured here);
 * profiling + schedule compilation time and peak memory; the policy node's overhead per chunk.
 
 ``--quick`` runs a subset of methods with few episodes (development; under 10 minutes) and
@@ -410,9 +410,10 @@ def _header(args, meta: dict, several_runs: bool) -> list[str]:
         f"demonstrations, seed ≥ 0). Success: {args.episodes} episodes, seeds "
         f"{args.seed}..{args.seed + args.episodes - 1}, identical for every method, 95% Wilson "
         "interval. Lockstep: the world waits for each chunk. Real time: the world moves on at "
-        "10 Hz while the model computes for its median latency measured here, the arm holding "
-        "its last target, and the actions whose time has passed are skipped; a method faster "
-        "than one 100 ms tick is on time, and its real-time run is its lockstep run.",
+        "the task's control rate (the arm 10 Hz, Meta-World 80 Hz) while the model computes for "
+        "its median latency measured here, the robot holding its last target, and the actions "
+        "whose time has passed are skipped; a method faster than one control tick is on time, "
+        "and its real-time run is its lockstep run.",
         "",
     ]
 
