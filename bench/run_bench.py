@@ -405,7 +405,8 @@ def _header(args, meta: dict, several_runs: bool) -> list[str]:
         f"Latency: batch-1 `Policy.predict`, {args.repeats} rounds with all methods interleaved "
         "(median and p95). Speedup: full median over the method's median. FLOP ratio: "
         "theoretical speedup from counted FLOPs; achieved/theory = speedup / FLOP ratio. "
-        f"Action error: MSE and max |Δ| (radians) of the executed chunk against full compute "
+        f"Action error: MSE and max |Δ| (in action units: radians for the arm, 1 = 1 cm of "
+        "hand motion per step for Meta-World) of the executed chunk against full compute "
         f"with the same noise, over {args.error_obs} recorded observations (expert "
         f"demonstrations, seed ≥ 0). Success: {args.episodes} episodes, seeds "
         f"{args.seed}..{args.seed + args.episodes - 1}, identical for every method, 95% Wilson "
@@ -516,6 +517,8 @@ def task_tables(results: list[dict], docs: Path) -> list[dict]:
                                                 energy=r["fidelity_energy"])
                                 for r in res["rows"]}})
     for path in sorted(docs.glob("eval_metaworld_*.json")):
+        if path.name.endswith(".partial.json"):  # a table still being measured
+            continue
         saved = json.loads(path.read_text())
         if Path(saved["checkpoint"]).name in benched:
             continue
@@ -532,6 +535,10 @@ def _points(row: dict, full: dict) -> str:
     return f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{mark} · {row['speedup']:.1f}×"
 
 
+def _rho(rho: float) -> str:
+    return "undefined (every method has the same success)" if math.isnan(rho) else f"{rho:.2f}"
+
+
 def _rank_agreement(tables: list[dict]) -> list[str]:
     """Spearman of offline fidelity (lower energy distance) against lockstep success, per task
     and pooled over every (task, method) pair as success minus that task's full compute."""
@@ -541,15 +548,13 @@ def _rank_agreement(tables: list[dict]) -> list[str]:
         full = t["rows"]["full (DDPM-100)"]["success_rate"]
         scored = [r for r in t["rows"].values() if r.get("energy") is not None]
         rho = spearman([-r["energy"] for r in scored], [r["success_rate"] for r in scored])
-        shown = "undefined (every method has the same success)" if math.isnan(rho) \
-            else f"{rho:.2f}"
-        lines.append(f"| {t['task']} | {len(scored)} | {shown} |")
+        lines.append(f"| {t['task']} | {len(scored)} | {_rho(rho)} |")
         for r in scored:
             if r is not t["rows"]["full (DDPM-100)"]:
                 pooled_e.append(-r["energy"])
                 pooled_s.append(r["success_rate"] - full)
-    rho = spearman(pooled_e, pooled_s)
-    lines.append(f"| pooled (success − full) | {len(pooled_e)} | {rho:.2f} |")
+    lines.append(f"| pooled (success − full) | {len(pooled_e)} | "
+                 f"{_rho(spearman(pooled_e, pooled_s))} |")
     return lines
 
 
@@ -593,9 +598,10 @@ def cross_task(results: list[dict], docs: Path) -> list[str]:
         "## Cross-task summary", "",
         "Success minus full compute in points, lockstep, with the 95% interval of the "
         "difference (Newcombe; * = it excludes 0), then the speedup over full measured in that "
-        "table's run. Meta-World tasks come from `python bench/metaworld_table.py` (200 seeds, "
-        "the methods of this table only; `make bench`'s 27 methods there are not measured yet: "
-        "the CPU hours it takes). Sources: "
+        "table's run. "
+        + ("Tables beside this file come from `python bench/metaworld_table.py` (the methods "
+           "of this summary only, not `make bench`'s 27). " if any(t["expert"] for t in tables)
+           else "") + "Sources: "
         + "; ".join(f"{t['task']}: {t['source']}" for t in tables) + ".", "",
         head, "|---|" + "---:|" * len(tables),
         "| full compute (success) | " + " | ".join(
