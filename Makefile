@@ -4,6 +4,7 @@ SHELL := /bin/bash
 IN_ENV := . .venv/bin/activate && . install/setup.sh &&
 PYTEST_ARGS ?= test
 BENCH_ARGS ?=
+DEMO_ARGS ?=
 SOAK_MINUTES ?= 10
 
 .PHONY: env test lint demo bench bench-speed soak clean
@@ -15,7 +16,7 @@ test: env
 	@$(IN_ENV) pytest $(PYTEST_ARGS)
 
 demo: env
-	@$(IN_ENV) python -m bac_ros.nodes.demo
+	@$(IN_ENV) python -m bac_ros.nodes.demo $(DEMO_ARGS)
 
 bench: env
 	@$(IN_ENV) python bench/run_bench.py $(BENCH_ARGS)

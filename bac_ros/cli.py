@@ -2,7 +2,8 @@
 
     bac convert SRC DST              Chi et al. .ckpt (or native folder) -> native folder
     bac profile --checkpoint DIR --observations OBS.npz|--bag BAG --out SCHEDULE.yaml
-    bac record --out BAG             the expert-driven task as a rosbag2 (sqlite3 or mcap)
+    bac record [--task metaworld:T] --out BAG
+                                     the expert-driven task as a rosbag2 (sqlite3 or mcap)
     bac inspect SCHEDULE.yaml [--out DIR]
     bac demos --out DEMOS.npz        record expert demonstrations of the bundled task
     bac windows --checkpoint DIR --demos DEMOS.npz --out OBS.npz
@@ -226,9 +227,11 @@ def _windows(args) -> int:
 def _record(args) -> int:
     from bac_ros.sim.record import record_expert_bag
 
+    task = _metaworld_task(args.task)  # None: the arm
     out = record_expert_bag(_output(args.out), args.episodes, args.seed, args.storage,
-                            images=not args.no_images)
-    print(f"wrote {out} ({args.storage}, {args.episodes} expert episodes)")
+                            images=not args.no_images, task=task)
+    print(f"wrote {out} ({args.storage}, {args.episodes} expert episodes"
+          f"{f' of {task.task}' if task else ''})")
     return 0
 
 
@@ -442,6 +445,7 @@ def _windows_parser(sub) -> None:
 
 def _record_parser(sub) -> None:
     p = sub.add_parser("record", help="record the expert-driven task into a rosbag2")
+    p.add_argument("--task", default="arm", help="arm (the bundled task) or metaworld:TASK")
     p.add_argument("--out", type=Path, required=True, help="bag folder to create")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)

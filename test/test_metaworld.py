@@ -240,3 +240,62 @@ def test_shipped_drawer_open_checkpoint_acts_in_limits_and_succeeds():
     assert (node["action_low"], node["action_high"]) == (ACTION_LOW, ACTION_HIGH)
     report = evaluate(policy, "ddim:10", episodes=3, seed=100_000)
     assert [e["success"] for e in report["per_episode"]] == [True, True, True]
+
+
+@pytest.mark.ros
+def test_demo_runs_the_metaworld_checkpoint_from_bag_to_real_time(tmp_path, capfd):
+    """``make demo`` with the shipped drawer-open checkpoint, real processes over DDS (episodes
+    cut to 40 steps, the schedule profiled on 4 histories): the checkpoint's task is recorded by
+    its expert into a bag on the topics sim_node publishes, the BAC schedule compiled from that
+    bag names the checkpoint's model, and sim_node runs the task against policy_node with full
+    compute, that schedule and the shipped tuned sampler."""
+    import json
+    from pathlib import Path
+
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    from bac_ros.cache.schedule import Schedule
+    from bac_ros.nodes import demo
+    from bac_ros.policy.policy import Policy
+
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "metaworld_drawer_open_lowdim"
+    out = tmp_path / "demo"
+    assert demo.main(["--checkpoint", str(ckpt), "--episodes", "1", "--max-steps", "40",
+                      "--max-observations", "4", "--out", str(out)]) == 0
+    printed = capfd.readouterr().out
+    assert "real-time execution (config/policy_metaworld.yaml)" in printed
+    assert "(real time at 80 Hz on this machine, seeds 100000..100000, episodes capped at 40 " \
+           "steps" in printed
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    with AnyReader([out / "expert_bag"], default_typestore=store) as reader:  # sim_node's topics
+        types = {c.topic.lstrip("/"): c.msgtype for c in reader.connections}
+        counts = {c.topic.lstrip("/"): c.msgcount for c in reader.connections}
+        first = {}
+        for conn, _, raw in reader.messages():
+            first.setdefault(conn.topic.lstrip("/"), reader.deserialize(raw, conn.msgtype))
+    assert types == {"joint_states": "sensor_msgs/msg/JointState",
+                     "state": "std_msgs/msg/Float32MultiArray",
+                     "proprio": "std_msgs/msg/Float32MultiArray"}
+    assert len(set(counts.values())) == 1 and counts["state"] > 10 * 20
+    env = MetaWorldEnv(DRAWER)
+    start = env.reset(0)  # demonstration seeds start at 0
+    assert list(first["joint_states"].name) == JOINT_NAMES
+    np.testing.assert_allclose(first["joint_states"].position, env.joint_positions())
+    np.testing.assert_array_equal(first["state"].data, start["state"])
+    np.testing.assert_array_equal(first["proprio"].data, start["proprio"])
+    env.close()
+
+    sched = Schedule.load(out / "bac_s10_k5.yaml")
+    assert sched.fingerprint == Policy.from_pretrained(ckpt, device="cpu").fingerprint
+    assert sched.method["budget"] == 10 and sched.provenance["observations"] == 4
+    tuned = Schedule.load(ckpt / "tuned_x5.yaml")
+    rows = json.loads((out / "summary.json").read_text())
+    assert list(rows) == ["full", "BAC S=10 k=5", "tuned DDIM-5"]
+    for i, (method, ident) in enumerate(zip(rows, ("full compute", sched.id, tuned.id))):
+        assert f"schedule {ident}, device cpu" in (out / f"policy_{i}.log").read_text()
+        (result,) = rows[method]["results"]
+        assert result["seed"] == 100_000 and result["mode"] == "realtime"
+        assert result["steps"] == 40 or result["success"] and result["steps"] < 40
+        assert printed.count(f"\n{method} ") == 1  # one row of the table each

@@ -214,6 +214,13 @@ class MetaWorldEnv:
         self._env.close()
 
 
+def expert_action(expert, env: MetaWorldEnv) -> np.ndarray:
+    """The scripted expert's action for the current state, inside the action space."""
+    with warnings.catch_warnings():  # the experts warn whenever their gain saturates
+        warnings.simplefilter("ignore")
+        return np.clip(expert.get_action(env.state().astype(np.float64)), -1.0, 1.0)
+
+
 def rollout_expert(env: MetaWorldEnv, expert, seed: int, noise: float = 0.0,
                    keys: tuple[str, ...] = ("state", "proprio")) -> tuple[dict, bool]:
     """One seeded expert episode. With ``noise`` > 0 the executed action gets Gaussian noise
@@ -225,9 +232,7 @@ def rollout_expert(env: MetaWorldEnv, expert, seed: int, noise: float = 0.0,
     records: dict[str, list[np.ndarray]] = {k: [] for k in (*keys, "action")}
     done, info = False, {"success": False}
     while not done:
-        with warnings.catch_warnings():  # the experts warn whenever their gain saturates
-            warnings.simplefilter("ignore")
-            clean = np.clip(expert.get_action(env.state().astype(np.float64)), -1.0, 1.0)
+        clean = expert_action(expert, env)
         for k in keys:
             records[k].append(obs[k])
         records["action"].append(clean.astype(np.float32))

@@ -1,40 +1,64 @@
-"""Record the bundled task, driven by its scripted expert, into a rosbag2 (no DDS needed):
-the observation topics the policy node subscribes to, at the task's control rate."""
+"""Record a task (the bundled arm or a Meta-World task), driven by its scripted expert, into a
+rosbag2 (no DDS needed): the topics sim_node publishes for it, at the task's control rate, so
+the profiler reads the observations the policy node would have received."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bac_ros.io.bag import BagWriter
-from bac_ros.sim.arm import ArmEnv
+from bac_ros.sim import metaworld
+from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.sim.expert import Expert
+from bac_ros.sim.tasks import Task, make_env
 
-JOINT_NAMES = ("joint1", "joint2", "joint3")
+JOINT_NAMES = ("joint1", "joint2", "joint3")  # the arm's (sim_node's default joint_names)
+
+
+def _expert(env):
+    """``(reset(seed), act(obs))`` of the task's scripted expert bound to ``env``."""
+    if isinstance(env, metaworld.MetaWorldEnv):  # a function of the state alone
+        expert = metaworld.expert_policy(env.config)
+        return (lambda seed: None), (lambda obs: metaworld.expert_action(expert, env))
+    expert = Expert(env)
+    return expert.reset, expert.act
+
+
+def _joints(env, obs) -> tuple:
+    """What sim_node puts in joint_states: the Sawyer's own joints, or the arm's."""
+    if isinstance(env, metaworld.MetaWorldEnv):
+        return metaworld.JOINT_NAMES, env.joint_positions()
+    return JOINT_NAMES, obs["joints"]
 
 
 def record_expert_bag(path: str | Path, episodes: int = 20, seed: int = 0,
                       storage: str = "sqlite3", images: bool = True,
-                      start_time: float = 1_000.0) -> Path:
-    """Episodes back to back (1 s apart) on topics ``image``, ``joint_states`` and ``state``."""
-    env = ArmEnv(render_images=images)
-    expert = Expert(env)
+                      start_time: float = 1_000.0, task: Task | None = None) -> Path:
+    """Episodes of ``task`` (default the arm) back to back (1 s apart) on topics ``image``,
+    ``joint_states``, ``state`` and, for Meta-World, ``proprio``."""
+    env = make_env(task or ArmTaskConfig(), images)
+    reset, act = _expert(env)
     writer = BagWriter(path, storage)
     t = start_time
     try:
         for i in range(episodes):
             obs = env.reset(seed + i)
-            expert.reset(seed + i)
+            reset(seed + i)
             done = False
             while True:
                 if images:
                     writer.image("image", obs["image"], t)
-                writer.joint_state("joint_states", JOINT_NAMES, obs["joints"], t)
+                writer.joint_state("joint_states", *_joints(env, obs), t)
                 writer.vector("state", env.state(), t)
+                if "proprio" in obs:
+                    writer.vector("proprio", obs["proprio"], t)
                 if done:
                     break
-                obs, done, _ = env.step(expert.act(obs))
+                obs, done, _ = env.step(act(obs))
                 t += env.config.dt
             t += 1.0
     finally:
         writer.close()
+        if isinstance(env, metaworld.MetaWorldEnv):  # frees MuJoCo's renderer
+            env.close()
     return Path(path)

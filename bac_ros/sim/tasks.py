@@ -33,6 +33,11 @@ def parse_task(name: str) -> Task:
     return MetaWorldTaskConfig(task=task)
 
 
+def task_name(task: Task) -> str:
+    """What :func:`parse_task` reads back: the ``task`` of sim_node and ``bac record``."""
+    return f"metaworld:{task.task}" if isinstance(task, MetaWorldTaskConfig) else "arm"
+
+
 def make_env(task: Task, images: bool) -> Env:
     if isinstance(task, MetaWorldTaskConfig):
         return MetaWorldEnv(task, render_images=images)
