@@ -1,5 +1,7 @@
 """Meta-World on MuJoCo: seeded starts, the scripted experts, the camera, demonstrations."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from bac_ros.sim.metaworld import (
     generate_demos,
     rollout_expert,
 )
+from bac_ros.sim.tasks import task_of
 
 DRAWER = MetaWorldTaskConfig(task="drawer-open")
 ACTION_NAMES_EXPECTED = ["dx", "dy", "dz", "gripper"]
@@ -212,18 +215,22 @@ def test_end_effector_actions_are_never_published_as_joint_trajectories(tmp_path
         live_settings(dict(values, publish_trajectory=True), policy)
 
 
-def test_shipped_drawer_open_checkpoint_acts_in_limits_and_succeeds():
-    """The bundled Meta-World policy: end-effector actions that the node's limits bound, and it
-    opens the drawer on held-out seeds (DDIM-10 keeps the suite quick; 50/50 in METAWORLD.md)."""
-    from pathlib import Path
+SHIPPED = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "checkpoints").glob(
+    "metaworld_*_lowdim"))
 
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_acts_in_limits_and_succeeds(name):
+    """Each bundled Meta-World policy: end-effector actions that the node's limits bound, and it
+    does its task on held-out seeds (with its shipped tuned schedule, which keeps the suite
+    quick; the 200-seed tables are in METAWORLD.md)."""
     from bac_ros.policy.factory import load_policy
     from bac_ros.sim.evaluate import evaluate
 
-    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "metaworld_drawer_open_lowdim"
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / name
     policy = load_policy(ckpt, device="cpu")
     assert policy.action_type == "ee_delta" and policy.action_names == ACTION_NAMES_EXPECTED
-    env = MetaWorldEnv(DRAWER)
+    env = MetaWorldEnv(task_of(policy))
     window = {"state": np.stack([env.reset(100_000)["state"]] * policy.n_obs_steps)}
     env.close()
     chunk = policy.predict(window, seed=0)
@@ -238,8 +245,8 @@ def test_shipped_drawer_open_checkpoint_acts_in_limits_and_succeeds():
     node = yaml.safe_load(open(f"{share}/config/policy_metaworld.yaml"))["bac_policy"][
         "ros__parameters"]
     assert (node["action_low"], node["action_high"]) == (ACTION_LOW, ACTION_HIGH)
-    report = evaluate(policy, "ddim:10", episodes=3, seed=100_000)
-    assert [e["success"] for e in report["per_episode"]] == [True, True, True]
+    report = evaluate(policy, f"bac:{ckpt / 'tuned_x5.yaml'}", episodes=3, seed=100_000)
+    assert sum(e["success"] for e in report["per_episode"]) >= 2, report["per_episode"]
 
 
 @pytest.mark.ros
