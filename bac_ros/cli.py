@@ -10,7 +10,8 @@
                                      observation histories from demonstrations (to profile)
     bac train --variant lowdim --out DIR
     bac distill --lowdim DIR --out DIR
-                                     image DP-T from the low-dim one (scene-finding encoder)
+                                     image DP-T from the low-dim one (scene-finding encoder;
+                                     the arm or Meta-World, as the checkpoint says)
     bac eval --checkpoint DIR --method bac:FILE --mode lockstep --episodes 200 --json OUT
                                      [--workers N | --ray ADDRESS]
     bac tune --checkpoint DIR --bag BAG --speedup 5 --out TUNED.yaml
@@ -236,13 +237,22 @@ def _record(args) -> int:
 
 
 def _distill(args) -> int:
-    from bac_ros.policy.checkpoint import save_native
+    from bac_ros.policy.checkpoint import load_native, save_native
     from bac_ros.sim.demos import generate_demos, load_npz
+    from bac_ros.sim.metaworld import MetaWorldTaskConfig
+    from bac_ros.sim.tasks import task_of
     from bac_ros.train.distill import distill_image_policy
 
-    data = load_npz(args.demos) if args.demos else generate_demos(args.episodes, seed=0)
+    metaworld = isinstance(task_of(load_native(args.lowdim)), MetaWorldTaskConfig)
+    if metaworld and args.episodes is not None:
+        raise ValueError("--episodes generates arm demonstrations; a Meta-World distillation "
+                         "renders scenes of its own (--scene-episodes)")
+    if args.demos:
+        data = load_npz(args.demos)
+    else:
+        data = None if metaworld else generate_demos(args.episodes or 200, seed=0)
     ckpt = distill_image_policy(args.lowdim, data, args.steps, args.batch_size, args.lr,
-                                args.seed)
+                                args.seed, scene_episodes=args.scene_episodes)
     save_native(ckpt, args.out)
     print(f"wrote {args.out}")
     return 0
@@ -250,17 +260,14 @@ def _distill(args) -> int:
 
 def _train(args) -> int:
     from bac_ros.sim.demos import generate_demos, load_npz
-    from bac_ros.train.train import TaskSpec, TrainConfig, train
+    from bac_ros.train.train import TrainConfig, task_spec, train
 
     mw = _metaworld_task(args.task)
     if mw is not None:
-        from bac_ros.sim import metaworld
-
         if not args.demos:
             raise SystemExit("a Meta-World task trains on recorded demonstrations: pass --demos "
                              "(made by bac demos --task ...)")
-        spec = TaskSpec(metaworld.OBS_VARIANTS[args.variant], metaworld.ACTION_NAMES, mw.dt,
-                        metaworld.task_record(mw), action_type=metaworld.ACTION_TYPE)
+        spec = task_spec(mw, args.variant)
     else:
         spec = None
     data = (load_npz(args.demos) if args.demos else
@@ -458,8 +465,12 @@ def _distill_parser(sub) -> None:
     p = sub.add_parser("distill", help="image DP-T from the low-dim one: a scene-finding "
                        "encoder trained on rendered scenes + the low-dim transformer")
     p.add_argument("--lowdim", type=Path, required=True, help="trained low-dim checkpoint")
-    p.add_argument("--demos", type=Path, help="demonstrations npz (arm poses, normaliser)")
-    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--demos", type=Path, help="demonstrations npz (arm: its arm poses; "
+                   "Meta-World: its reset seeds are kept out of the scenes)")
+    p.add_argument("--episodes", type=int, help="arm without --demos: demonstrations to "
+                   "generate (default 200)")
+    p.add_argument("--scene-episodes", type=int, help="Meta-World: fresh expert episodes "
+                   "rendered as the encoder's scenes (default 2000, one in 16 held out)")
     p.add_argument("--steps", type=int, default=10000, help="encoder training steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -50,11 +50,13 @@ def test_condition_embedding_maps_scene_features_onto_the_low_dim_state(built):
         want = low.model.cond_obs_emb(low.normalizer.normalize("state", states))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # Exact scene features measure zero error; 1 cm off the target measures 10 mm.
-    assert targets.error_m(targets(states), states).abs().max() < 1e-6
+    exact = targets.errors(targets(states), states)
+    assert max(exact["target"].max(), exact["obstacle"].max()) < 1e-3
     moved = states.clone()
     moved[:, 3] += 0.01
-    err = targets.error_m(targets(moved), states)
-    torch.testing.assert_close(err[:, 0], torch.full((len(states),), 0.01), rtol=1e-4, atol=1e-6)
+    err = targets.errors(targets(moved), states)
+    np.testing.assert_allclose(err["target"], 10.0, rtol=1e-4, atol=1e-3)
+    assert err["obstacle"].max() < 1e-3
 
 
 def test_every_other_weight_and_the_action_normaliser_come_from_the_low_dim_policy(built):
@@ -78,3 +80,11 @@ def test_refuses_a_checkpoint_that_is_not_the_low_dim_task(built, tmp_path):
     save_native(image, tmp_path / "img")
     with pytest.raises(ValueError, match="not a low-dim policy"):
         distill_image_policy(tmp_path / "img", demos, steps=1)
+
+
+def test_the_arm_refuses_meta_world_scene_episodes(built, tmp_path):
+    demos, _, _, _ = built
+    low = build_initial(TrainConfig(model=dict(TINY)), demos, ArmTaskConfig())
+    save_native(low, tmp_path / "low", weights_dtype=torch.float32)
+    with pytest.raises(ValueError, match="scene_episodes is for Meta-World"):
+        distill_image_policy(tmp_path / "low", demos, steps=1, scene_episodes=10)

@@ -107,12 +107,27 @@ def test_camera_frame_shows_the_arm_upright():
     env.close()
 
 
+def test_first_frame_draws_this_episodes_goal():
+    """Meta-World places the goal marker after its last kinematics pass; the reset frame must
+    show it where this episode's goal is (a 2-3 px sphere), not where the last start put it."""
+    import mujoco
+
+    env = MetaWorldEnv(MetaWorldTaskConfig(task="pick-place"), render_images=True)
+    env.reset(100_000)
+    obs = env.reset(100_001)
+    np.testing.assert_array_equal(obs["goal"], obs["state"][36:])
+    mujoco.mj_forward(env._env.model, env._env.data)  # every derived position up to date
+    np.testing.assert_array_equal(obs["image"], env._renderer.frame())
+    env.close()
+
+
 def test_demonstrations_label_clean_expert_actions():
     data = generate_demos(DRAWER, 2, seed=0, noise=0.3)
     ends = data["episode_ends"]
     assert len(ends) == 2 and ends[-1] == len(data["action"]) == len(data["state"])
     assert data["state"].shape[1] == 39 and data["proprio"].shape[1] == 4
     np.testing.assert_array_equal(data["proprio"], data["state"][:, :4])
+    np.testing.assert_array_equal(data["goal"], data["state"][:, 36:])
     assert np.all(np.abs(data["action"]) <= 1.0)
     # labels are the expert's action at each recorded state, not the noisy executed one
     expert = expert_policy(DRAWER)

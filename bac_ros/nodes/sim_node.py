@@ -3,7 +3,7 @@
 ``task`` selects it: ``arm`` or ``metaworld:NAME`` (e.g. ``metaworld:drawer-open``). Publishes
 ``image`` (sensor_msgs/Image rgb8, upright), ``joint_states`` (the arm's joints; for Meta-World
 the Sawyer's seven joints ``right_j0..6`` with their positions read from the MuJoCo model),
-``state`` (the policy's low-dim vector; Meta-World also ``proprio``) and, with
+``state`` (the policy's low-dim vector; Meta-World also ``proprio`` and ``goal``) and, with
 ``publish_clock``, ``/clock``; executes ``action_chunk`` messages (arm: joint targets;
 Meta-World: end-effector delta xyz + gripper); publishes one ``episode_result`` per episode.
 Actions are read by time: action k of a chunk stamped s is meant for time s + k*dt, so actions
@@ -79,9 +79,9 @@ class SimNode(Node):
         self.image_pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
         self.joint_pub = self.create_publisher(JointState, "joint_states", 10)
         self.state_pub = self.create_publisher(Float32MultiArray, "state", 10)
-        # the camera policy's low-dim input (hand xyz + gripper), on the topic of its key
-        self.proprio_pub = (self.create_publisher(Float32MultiArray, "proprio", 10)
-                            if self.metaworld else None)
+        # the camera policy's low-dim inputs (hand xyz + gripper, goal), on the topics of their keys
+        self.vector_pubs = {k: self.create_publisher(Float32MultiArray, k, 10)
+                            for k in (("proprio", "goal") if self.metaworld else ())}
         self.result_pub = self.create_publisher(String, "episode_result", 10)
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.p["publish_clock"] \
             else None
@@ -133,8 +133,8 @@ class SimNode(Node):
         js.header.stamp = stamp
         self.joint_pub.publish(js)
         self.state_pub.publish(Float32MultiArray(data=self.env.state().tolist()))
-        if self.proprio_pub is not None:
-            self.proprio_pub.publish(Float32MultiArray(data=self.obs["proprio"].tolist()))
+        for key, pub in self.vector_pubs.items():
+            pub.publish(Float32MultiArray(data=self.obs[key].tolist()))
         if self.p["images"]:
             img = self.obs["image"]
             msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8",

@@ -10,6 +10,9 @@ Observation (what a policy may read, per step):
 * ``state`` ``float32 (39,)``: Meta-World's full observation (hand xyz, gripper opening, object
   poses, the previous step's copy of those, goal xyz; goal visible),
 * ``proprio`` ``float32 (4,)``: hand xyz and gripper opening (the camera policy's low-dim input),
+* ``goal`` ``float32 (3,)``: the goal position, the task's command (the camera policy reads it:
+  the goal marker is a 2.5-3 px sphere in the 96 px ``corner`` frame, a 2-D projection that
+  leaves goals up to 15 cm apart on the same pixel),
 * ``image`` ``uint8 (H, W, 3)``: an upright offscreen render (only with ``render_images``).
 Action: ``float32 (4,)`` end-effector delta xyz (x 1 cm per step) and gripper effort, in [-1, 1].
 """
@@ -35,14 +38,17 @@ ACTION_LOW = [-1.0, -1.0, -1.0, -1.0]
 ACTION_HIGH = [1.0, 1.0, 1.0, 1.0]
 STATE_DIM = 39
 PROPRIO_DIM = 4
+GOAL = slice(STATE_DIM - 3, STATE_DIM)  # the goal's columns of the state
 #: The Sawyer's arm joints in the MuJoCo model (``joint_states`` publishes these).
 JOINT_NAMES = [f"right_j{i}" for i in range(7)]
 CAMERA = "corner"
-#: What a policy reads per training variant (the camera policy gets the hand's own state too).
+#: What a policy reads per training variant (the camera policy gets the hand's own state and the
+#: goal command too).
 OBS_VARIANTS = {
     "lowdim": {"state": {"shape": [STATE_DIM], "type": "low_dim"}},
     "image": {"image": {"shape": [3, 96, 96], "type": "rgb"},
-              "proprio": {"shape": [PROPRIO_DIM], "type": "low_dim"}},
+              "proprio": {"shape": [PROPRIO_DIM], "type": "low_dim"},
+              "goal": {"shape": [3], "type": "low_dim"}},
 }
 
 
@@ -151,7 +157,7 @@ class MetaWorldEnv:
         self._renderer = (Renderer(self._env, self.config.image_size, self.config.camera)
                           if render_images else None)
         self._obs = np.zeros(STATE_DIM)
-        self.steps, self.done = 0, True
+        self.steps, self.done, self.success = 0, True, False
         self.gripper = -1.0  # last commanded gripper effort (holding keeps it)
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
@@ -160,12 +166,18 @@ class MetaWorldEnv:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._obs, _ = self._env.reset()
-        self.steps, self.done, self.gripper = 0, False, -1.0
+        # Meta-World moves the goal marker after its last kinematics pass: without this the
+        # first frame draws it where the previous start put it (positions only; no dynamics).
+        import mujoco
+
+        mujoco.mj_kinematics(self._env.model, self._env.data)
+        self.steps, self.done, self.success, self.gripper = 0, False, False, -1.0
         return self.observation()
 
     def observation(self) -> dict[str, np.ndarray]:
         obs = {"state": self._obs.astype(np.float32),
-               "proprio": self._obs[:PROPRIO_DIM].astype(np.float32)}
+               "proprio": self._obs[:PROPRIO_DIM].astype(np.float32),
+               "goal": self._obs[GOAL].astype(np.float32)}
         if self._renderer is not None:
             obs["image"] = self._renderer.frame()
         return obs
@@ -201,7 +213,7 @@ class MetaWorldEnv:
             warnings.simplefilter("ignore")
             self._obs, _, _, _, info = self._env.step(action.astype(np.float32))
         self.steps += 1
-        success = bool(info["success"])
+        success = self.success = bool(info["success"])
         timeout = not success and self.steps >= self.config.max_steps
         self.done = success or timeout
         out = {"success": success, "collision": False, "timeout": timeout, "steps": self.steps,
@@ -221,24 +233,57 @@ def expert_action(expert, env: MetaWorldEnv) -> np.ndarray:
         return np.clip(expert.get_action(env.state().astype(np.float64)), -1.0, 1.0)
 
 
+def _expert_episode(env: MetaWorldEnv, expert, seed: int, noise: float):
+    """One seeded expert episode, step by step: yields ``(obs, clean_action)`` before each
+    step, then executes the action with Gaussian noise of std ``noise`` (seeded by the
+    episode); ``env.success`` says how it ended."""
+    obs = env.reset(seed)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
+    while not env.done:
+        clean = expert_action(expert, env)
+        yield obs, clean.astype(np.float32)
+        executed = clean + noise * rng.standard_normal(4) if noise > 0 else clean
+        obs, _, _ = env.step(np.clip(executed, -1.0, 1.0))
+
+
 def rollout_expert(env: MetaWorldEnv, expert, seed: int, noise: float = 0.0,
                    keys: tuple[str, ...] = ("state", "proprio")) -> tuple[dict, bool]:
     """One seeded expert episode. With ``noise`` > 0 the executed action gets Gaussian noise
     (std ``noise``, seeded by the episode) while the recorded label stays the expert's clean
     action: the demonstrations then visit states off the expert's own path and say how to get
     back (DART-style), which a deterministic expert alone never shows."""
-    obs = env.reset(seed)
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 1]))
     records: dict[str, list[np.ndarray]] = {k: [] for k in (*keys, "action")}
-    done, info = False, {"success": False}
-    while not done:
-        clean = expert_action(expert, env)
+    for obs, clean in _expert_episode(env, expert, seed, noise):
         for k in keys:
             records[k].append(obs[k])
-        records["action"].append(clean.astype(np.float32))
-        executed = clean + noise * rng.standard_normal(4) if noise > 0 else clean
-        obs, done, info = env.step(np.clip(executed, -1.0, 1.0))
-    return {k: np.stack(v) for k, v in records.items()}, bool(info["success"])
+        records["action"].append(clean)
+    return {k: np.stack(v) for k, v in records.items()}, env.success
+
+
+def scene_frames(config: MetaWorldTaskConfig, seeds, noise: float, every: int,
+                 progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Camera frames and the states they show along noisy expert episodes from reset ``seeds``:
+    starts, reaches, grasped, carried and dropped objects. Each episode draws its own noise std
+    in [0, ``noise``] and a phase, then keeps every ``every``-th step (consecutive frames are
+    near copies, and rendering is the cost). Returns uint8 (n, S, S, 3) and float32 (n, 39);
+    ``progress(1)`` after each episode."""
+    env, expert = MetaWorldEnv(config), expert_policy(config)
+    renderer = Renderer(env._env, config.image_size, config.camera)
+    images, states = [], []
+    try:
+        for seed in seeds:
+            draw = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
+            std, phase = noise * draw.random(), int(draw.integers(every))
+            for t, (obs, _) in enumerate(_expert_episode(env, expert, int(seed), std)):
+                if t % every == phase:
+                    images.append(renderer.frame())
+                    states.append(obs["state"])
+            if progress is not None:
+                progress(1)
+    finally:
+        renderer.close()
+        env.close()
+    return np.stack(images), np.stack(states)
 
 
 def generate_demos(config: MetaWorldTaskConfig, n_episodes: int, seed: int = 0,
@@ -250,7 +295,7 @@ def generate_demos(config: MetaWorldTaskConfig, n_episodes: int, seed: int = 0,
         raise ValueError(f"n_episodes must be at least 1, got {n_episodes}")
     env = MetaWorldEnv(config, render_images=with_images)
     expert = expert_policy(config)
-    keys = ("state", "proprio", "image") if with_images else ("state", "proprio")
+    keys = ("state", "proprio", "goal", "image") if with_images else ("state", "proprio", "goal")
     episodes, seeds = [], []
     attempt = 0
     try:

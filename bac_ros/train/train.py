@@ -25,6 +25,7 @@ from bac_ros.policy.build import PAPER_MODEL, new_checkpoint
 from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
 from bac_ros.policy.policy import Policy, resolve_device
 from bac_ros.policy.timing import device_label
+from bac_ros.sim import metaworld
 from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.train.dataset import SequenceSampler
 
@@ -61,6 +62,17 @@ def arm_spec(variant: str, task: ArmTaskConfig | None = None) -> TaskSpec:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
     return TaskSpec(VARIANTS[variant], JOINT_NAMES, (task or ArmTaskConfig()).dt)
+
+
+def task_spec(task: ArmTaskConfig | metaworld.MetaWorldTaskConfig, variant: str) -> TaskSpec:
+    """The spec of a training variant (``lowdim`` or ``image``) of the arm or a Meta-World task."""
+    if not isinstance(task, metaworld.MetaWorldTaskConfig):
+        return arm_spec(variant, task)
+    if variant not in metaworld.OBS_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of "
+                         f"{sorted(metaworld.OBS_VARIANTS)}")
+    return TaskSpec(metaworld.OBS_VARIANTS[variant], metaworld.ACTION_NAMES, task.dt,
+                    metaworld.task_record(task), action_type=metaworld.ACTION_TYPE)
 
 
 @dataclass
