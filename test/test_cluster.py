@@ -103,6 +103,19 @@ def test_cells_in_process_merge_to_the_single_run(tiny):
         cluster.split(job, 0)
 
 
+def test_finished_episodes_leave_the_cpu_batch(tiny, monkeypatch):
+    """Each round computes exactly the episodes still running (the outcomes are the cells'
+    and the single run's, whatever shares the batch: the test above)."""
+    policy = Policy.from_pretrained(tiny, device="cpu")
+    sizes, predict = [], policy.predict
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: sizes.append(
+        len(next(iter(obs.values())))) or predict(obs, **kw))
+    report = evaluate(policy, "full", 5, 100_002, "lockstep", task=TASK, latency_ms=7.0)
+    chunks = [e["chunks"] for e in report["per_episode"]]
+    assert sizes == [sum(c > r for c in chunks) for r in range(max(chunks))]
+    assert sizes[0] == 5 and sizes[-1] < 5
+
+
 def test_version_mismatch_is_one_sentence():
     ours = cluster.environment()
     assert cluster.version_mismatch(dict(ours, node="other"), ours) is None

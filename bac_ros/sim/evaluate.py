@@ -143,15 +143,19 @@ def _generator(seed: int, round_: int) -> torch.Generator:
 
 
 def _batched(policy: Policy, episodes: list[_Episode], progress, late: int = 0) -> None:
-    """All episodes as one batch (finished ones too: a constant shape, one CUDA graph); each
-    chunk's first ``late`` ticks pass with the arm holding its previous target (0: lockstep)."""
-    rounds = 0
+    """The episodes as one batch; each chunk's first ``late`` ticks pass with the arm holding
+    its previous target (0: lockstep). On CUDA finished episodes stay in the batch (a constant
+    shape replays one captured graph); elsewhere they leave it, since a few long failures would
+    otherwise cost a full batch every round. A row's noise is its own generator's, so which
+    rows share the batch does not change an episode."""
+    rounds, constant_shape = 0, policy.device.type == "cuda"
     while not all(e.done for e in episodes):
-        batch = {k: np.stack([e.window()[k] for e in episodes]) for k in policy.obs_spec}
-        gens = [_generator(e.seed, rounds) for e in episodes]
+        live = episodes if constant_shape else [e for e in episodes if not e.done]
+        batch = {k: np.stack([e.window()[k] for e in live]) for k in policy.obs_spec}
+        gens = [_generator(e.seed, rounds) for e in live]
         chunks = policy.predict(batch, generator=gens, batched=True)
         rounds += 1
-        for e, chunk in zip(episodes, chunks):
+        for e, chunk in zip(live, chunks):
             if e.done:
                 continue
             e.chunks += 1
