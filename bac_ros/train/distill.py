@@ -7,7 +7,8 @@ demonstrations (200 scenes). Trained end to end on this 2-core CPU the arm's sta
 success. Distillation splits the two jobs:
 
 1. the image encoder learns to output the scene columns of the state, normalised as the low-dim
-   policy normalises them (shifted by +1 to be non-negative: the encoder ends in a ReLU), on
+   policy normalises them (shifted by +1 to be non-negative: the encoder ends in a ReLU; clipped
+   to the range the low-dim policy was trained on), on
    scenes it never saw as demonstrations: the arm draws new layouts from the task's sampler for
    every batch (arm poses from the demonstrations); Meta-World renders, once, frames along noisy
    expert episodes from fresh reset seeds (10,000 on; demonstrations start at 0, evaluation at
@@ -245,7 +246,10 @@ def train_scene_encoder(policy: Policy, targets: SceneTargets, scenes, steps: in
     for step in bar:
         images, states = scenes.batch(rng, batch_size)
         feats = _encode(policy, layout, images, states)[:, :n]
-        loss = nn.functional.mse_loss(feats, targets(torch.as_tensor(states)))
+        # inside the range the low-dim policy was trained on: a scene beyond it (a dropped,
+        # tipped object: Meta-World's quaternion columns span 0.01-0.2) would otherwise be a
+        # target the ReLU cannot reach or tens of times the range, and dominate the loss
+        loss = nn.functional.mse_loss(feats, targets(torch.as_tensor(states)).clamp(0.0, 2.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
