@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+RANGE_EPS = 1e-4  # a dimension whose data vary less is a constant: centred, not scaled
+
 
 def _field_params(scale: torch.Tensor, offset: torch.Tensor, stats: dict[str, torch.Tensor]):
     return nn.ParameterDict(
@@ -41,7 +43,7 @@ class LinearNormalizer(nn.Module):
         data: torch.Tensor,
         output_min: float = -1.0,
         output_max: float = 1.0,
-        range_eps: float = 1e-4,
+        range_eps: float = RANGE_EPS,
     ) -> None:
         """Map the data's per-dimension [min, max] to [output_min, output_max] ("limits" mode).
 

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from bac_ros.models.normalizer import RANGE_EPS
 from bac_ros.policy.checkpoint import Checkpoint, load_native
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.timing import device_label
@@ -49,7 +50,6 @@ from bac_ros.sim.tasks import Task, task_of
 from bac_ros.train.train import TrainConfig, build_initial, task_spec
 
 N_JOINTS = 3  # arm state layout (LOWDIM_KEYS): joints, then the scene (target xy, obstacle xy)
-SCENE = slice(N_JOINTS, 7)
 assert LOWDIM_KEYS == ("joints", "target_xy", "obstacle_xy")
 #: Meta-World training scenes: reset seeds from here up (held-out episodes first).
 SCENE_SEED = 10_000
@@ -58,7 +58,6 @@ SCENE_EPISODES = 2000
 SCENE_NOISE = 0.3  # the largest per-episode action noise std (demonstrations use 0.1)
 FRAME_EVERY = 3
 HELD_OUT_EVERY = 16  # one episode in 16 is held out
-RANGE_EPS = 1e-4  # the normaliser's: a column whose demonstrations vary less is a constant
 
 
 @dataclass(frozen=True)
@@ -223,8 +222,9 @@ def _encode(policy: Policy, layout: StateLayout, images: np.ndarray,
     return policy.obs_encoder(obs)
 
 
-def _held_out_features(policy: Policy, layout: StateLayout, images: np.ndarray,
-                       states: np.ndarray, chunk: int = 512) -> torch.Tensor:
+def encoder_features(policy: Policy, layout: StateLayout, images: np.ndarray,
+                     states: np.ndarray, chunk: int = 512) -> torch.Tensor:
+    """The camera policy's encoder output on rendered scenes, in chunks (no gradients)."""
     with torch.no_grad():
         return torch.cat([_encode(policy, layout, images[i : i + chunk], states[i : i + chunk])
                           for i in range(0, len(images), chunk)])
@@ -259,7 +259,7 @@ def train_scene_encoder(policy: Policy, targets: SceneTargets, scenes, steps: in
     bar.close()
     encoder.eval()
     images, states = scenes.held_out
-    errors = targets.errors(_held_out_features(policy, layout, images, states)[:, :n],
+    errors = targets.errors(encoder_features(policy, layout, images, states)[:, :n],
                             torch.as_tensor(states))
     stats = {"steps": steps, "batch_size": batch_size, "lr": lr,
              "seconds": round(time.perf_counter() - t0, 1)}
