@@ -259,9 +259,12 @@ def _distill(args) -> int:
 
 
 def _train(args) -> int:
+    from bac_ros.policy.build import PAPER_MODEL
     from bac_ros.sim.demos import generate_demos, load_npz
     from bac_ros.train.train import TrainConfig, task_spec, train
 
+    if not 0.0 <= args.attn_dropout < 1.0:
+        raise ValueError(f"--attn-dropout must be in [0, 1), got {args.attn_dropout}")
     mw = _metaworld_task(args.task)
     if mw is not None:
         if not args.demos:
@@ -273,7 +276,8 @@ def _train(args) -> int:
     data = (load_npz(args.demos) if args.demos else
             generate_demos(args.episodes, seed=0, with_images=args.variant == "image"))
     cfg = TrainConfig(variant=args.variant, steps=args.steps, batch_size=args.batch_size,
-                      lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps)
+                      lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps,
+                      model={**PAPER_MODEL, "p_drop_attn": args.attn_dropout})
     budget = args.max_minutes * 60 if args.max_minutes else None
     train(data, args.out, cfg, device=args.device, resume=not args.restart, time_budget_s=budget,
           init=args.init, task=spec)
@@ -494,6 +498,9 @@ def _train_parser(sub) -> None:
     p.add_argument("--max-minutes", type=float, help="stop early after this long")
     p.add_argument("--init", type=Path, help="start from this checkpoint's weights (fine-tune)")
     p.add_argument("--warmup-steps", type=int, default=500)
+    p.add_argument("--attn-dropout", type=float, default=0.3,
+                   help="the transformer's dropout (Chi et al.'s p_drop_attn; 0.3 as in their "
+                        "configs); a regulariser only, so --init may change it")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.set_defaults(func=_train)
 

@@ -14,13 +14,16 @@ of each method's chunks to full compute's on observation windows of fresh expert
 (seeds from 0), as in `make bench`, so bench/cross_task.py can ask whether it ranks methods as
 success does.
 
-Each method's episodes are saved as they finish (``<out>.partial.json``); a rerun with the same
-checkpoint, seeds and episode count starts from them.
+Each method's episodes are saved as they finish (``<out>.partial.json``, kept after the table is
+written); a rerun with the same checkpoint, seeds and episode count starts from them, measuring
+only the methods not there yet (e.g. a ``tuned_x5.yaml`` written since) and those whose schedule
+file has changed (rows record its sha256).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -44,6 +47,13 @@ def methods_of(checkpoint: Path) -> dict[str, str]:
             methods[name] = f"bac:{checkpoint / file}"
     methods.update({"DDIM-10": "ddim:10", "DDPM-10": "ddpm:10", "uniform:10": "uniform:10"})
     return methods
+
+
+def schedule_hash(method: str) -> str | None:
+    """The sha256 of a ``bac:FILE`` method's schedule file (None for the other methods)."""
+    if not method.startswith("bac:"):
+        return None
+    return hashlib.sha256(Path(method.split(":", 1)[1]).read_bytes()).hexdigest()
 
 
 def fidelity_of(policy: Policy, task, methods: dict[str, str], n_obs: int, n_samples: int
@@ -80,6 +90,9 @@ def main(argv=None) -> int:
     run = {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed}
     done = json.loads(partial.read_text()) if partial.is_file() else {}
     done = done.get("rows", {}) if done.get("run") == run else {}
+    methods = methods_of(args.checkpoint)
+    done = {name: row for name, row in done.items()
+            if name not in methods or row.get("schedule_sha256") == schedule_hash(methods[name])}
     if done:
         print(f"resuming from {partial}: {', '.join(done)}", flush=True)
 
@@ -97,11 +110,11 @@ def main(argv=None) -> int:
               "wall_s": round(time.perf_counter() - t0, 1)})
     rows = [done["scripted expert"]]
     print(f"expert: {rows[0]['success_rate']:.1%}", flush=True)
-    methods = methods_of(args.checkpoint)
     for name, method in methods.items():
         if name not in done:
             r = evaluate(policy, method, args.episodes, args.seed, "lockstep")
-            keep({k: v for k, v in r.items() if k != "per_episode"} | {"name": name})
+            keep({k: v for k, v in r.items() if k != "per_episode"}
+                 | {"name": name, "schedule_sha256": schedule_hash(method)})
         r = done[name]
         rows.append(r)
         lo, hi = r["ci95"]
@@ -159,7 +172,6 @@ def main(argv=None) -> int:
         {"checkpoint": str(args.checkpoint), "task": task.task, "device": device,
          "fidelity": {"observations": args.fidelity_obs, "samples": args.fidelity_samples},
          "rows": rows}, indent=1))
-    partial.unlink(missing_ok=True)
     print(f"wrote {args.out}")
     return 0
 

@@ -47,6 +47,10 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("bac inspect: error:") and "does not exist" in err
     assert len(err.splitlines()) == 1
+    assert main(["train", "--attn-dropout", "1.5", "--out", str(tmp_path / "ck")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--attn-dropout must be in [0, 1), got 1.5" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "ck").exists()
 
 
 def test_top_level_help_shows_every_subcommand(capsys):

@@ -78,3 +78,17 @@ def test_fine_tune_rebuilds_pixel_grids_and_refuses_other_shapes(demos, tmp_path
     save_native(start, tmp_path / "other")
     with pytest.raises(ValueError, match="expects"):
         train(demos, tmp_path / "ft2", cfg, device="cpu", log=_quiet, init=tmp_path / "other")
+
+
+def test_fine_tune_may_change_dropout_but_not_the_architecture(demos, tmp_path):
+    base = train(demos, tmp_path / "base", _cfg("lowdim", 1), device="cpu", log=_quiet)
+    calmer = _cfg("lowdim", 1)
+    calmer.model = {**TINY, "p_drop_attn": 0.05}
+    out = train(demos, tmp_path / "ft", calmer, device="cpu", log=_quiet, init=base)
+    ck = load_native(out)
+    assert ck.config["model"]["p_drop_attn"] == 0.05
+    assert ck.config["source"]["fine_tuned_from"]["model"]["p_drop_attn"] == TINY["p_drop_attn"]
+    wider = _cfg("lowdim", 1)
+    wider.model = {**TINY, "n_emb": 2 * TINY["n_emb"]}
+    with pytest.raises(ValueError, match="another model config"):
+        train(demos, tmp_path / "ft2", wider, device="cpu", log=_quiet, init=base)

@@ -177,6 +177,11 @@ def _to_chw_float(images: torch.Tensor) -> torch.Tensor:
     return images.movedim(-1, -3).float() / 255.0
 
 
+def _architecture(model: dict) -> dict:
+    """A model config without its dropout rates: what weights must agree on to transfer."""
+    return {k: v for k, v in model.items() if not k.startswith("p_drop")}
+
+
 def _starting_checkpoint(cfg: TrainConfig, data: dict, spec: TaskSpec,
                          init: str | Path | None) -> Checkpoint:
     """The untrained checkpoint, holding the weights of the trained checkpoint ``init`` when
@@ -184,7 +189,7 @@ def _starting_checkpoint(cfg: TrainConfig, data: dict, spec: TaskSpec,
     ckpt = build_initial(cfg, data, spec)
     if init is not None:
         start = load_native(init)
-        if start.config["model"] != ckpt.config["model"]:
+        if _architecture(start.config["model"]) != _architecture(ckpt.config["model"]):
             raise ValueError(f"{init} has another model config than this training run")
         ckpt.tensors.update(_transferable(start, ckpt))
         ckpt.config["source"] = {"fine_tuned_from": start.config.get("training")}
