@@ -15,21 +15,21 @@ of each method's chunks to full compute's on observation windows of fresh expert
 success does.
 
 Each method's episodes are saved as they finish (``<out>.partial.json``, kept after the table is
-written); a rerun with the same checkpoint, seeds and episode count starts from them, measuring
-only the methods not there yet (e.g. a ``tuned_x5.yaml`` written since) and those whose schedule
-file has changed (rows record its sha256).
+written); a rerun with the same model (its fingerprint, not only its folder), seeds and episode
+count starts from them, measuring only the methods not there yet (e.g. a ``tuned_x5.yaml``
+written since) and those whose schedule file has changed (rows record its sha256).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bac_ros.cache.schedule import file_sha256
 from bac_ros.policy.fidelity import CANDIDATE_SEED, REFERENCE_SEED, draw_chunks, fidelity
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.timing import device_label
@@ -53,7 +53,7 @@ def schedule_hash(method: str) -> str | None:
     """The sha256 of a ``bac:FILE`` method's schedule file (None for the other methods)."""
     if not method.startswith("bac:"):
         return None
-    return hashlib.sha256(Path(method.split(":", 1)[1]).read_bytes()).hexdigest()
+    return file_sha256(Path(method.split(":", 1)[1]))
 
 
 def fidelity_of(policy: Policy, task, methods: dict[str, str], n_obs: int, n_samples: int
@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     task = task_of(policy)
     seeds = range(args.seed, args.seed + args.episodes)
     partial = args.out.with_suffix(".partial.json")
-    run = {"checkpoint": str(args.checkpoint), "episodes": args.episodes, "seed": args.seed}
+    run = {"checkpoint": str(args.checkpoint), "model": policy.fingerprint,
+           "episodes": args.episodes, "seed": args.seed}
     done = json.loads(partial.read_text()) if partial.is_file() else {}
     done = done.get("rows", {}) if done.get("run") == run else {}
     methods = methods_of(args.checkpoint)
