@@ -30,7 +30,8 @@ TALLY = {"messages_tried": 0, "malformed_messages_tried": 0, "chunks_received": 
 
 
 def to_sec(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
+    """Seconds from the stamp's integer nanoseconds: equal stamps give equal floats."""
+    return (stamp.sec * 10**9 + stamp.nanosec) / 1e9
 
 
 def diag_values(status: DiagnosticStatus) -> dict[str, str]:
@@ -200,13 +201,15 @@ class Probe:
 
     def send(self) -> float:
         """One observation, stamped now (LAG ago on the wall clock), at least one policy dt
-        (0.1 s) after the previous one: the node counts it as a new frame."""
+        (0.1 s) after the previous one: the node counts it as a new frame. Its stamp as
+        :func:`to_sec` reads it back, so a chunk answering it carries exactly this value."""
         t = self.now()
         while t < self.last + 0.1:
             self.r.spin(0.02)
             t = self.now()
         self.last = t
         stamp = rclpy.time.Time(nanoseconds=int(round(t * 1e9))).to_msg()
+        t = to_sec(stamp)
         js = JointState(name=JOINTS, position=[0.1, 0.2, 0.3])
         js.header.stamp = stamp
         self.r.js.publish(js)
@@ -218,13 +221,13 @@ class Probe:
         return t
 
     def stamps(self, chunks) -> list[float]:
-        return [round(to_sec(c.header.stamp), 6) for c in chunks]
+        return [to_sec(c.header.stamp) for c in chunks]
 
     def chunk(self, tries: int = 3, wait: float = 5.0):
         """Send until a chunk answers the observation (a best-effort frame may be lost):
         (stamp, actions (n_action_steps, action_dim), message)."""
         for _ in range(tries):
-            t = round(self.send(), 6)
+            t = self.send()
             if self.r.spin(wait, lambda t=t: t in self.stamps(self.r.chunks)):
                 msg = self.r.chunks[self.stamps(self.r.chunks).index(t)]
                 if self.r.node.get_parameter("publish_trajectory").value:  # it follows
@@ -240,7 +243,7 @@ class Probe:
         """Send until the /diagnostics counter ``key`` goes up; the observation's stamp."""
         before = self.counter(key)
         for _ in range(tries):
-            t = round(self.send(), 6)
+            t = self.send()
             if self.r.spin(5, lambda: self.counter(key) > before):
                 return t
         raise AssertionError(f"diagnostic counter {key} stayed at {before}")

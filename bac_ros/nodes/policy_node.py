@@ -180,6 +180,9 @@ class PolicyNode(LifecycleNode):
         self.policy, self.settings = policy, settings
         self.replanner = Replanner(policy.dt)  # the first frame gets a chunk at once
         self._committed: tuple[float, np.ndarray] | None = None  # last published (stamp, chunk)
+        # The newest frame's header stamp as sent: a chunk carries it unchanged, since float
+        # seconds at epoch times keep only ~0.2 us and a consumer matches stamps exactly.
+        self._frame_stamp = None
         self.assembler = ObservationAssembler([s.key for s in sources], policy.n_obs_steps,
                                               policy.dt, settings.max_obs_age,
                                               primary_key(policy.obs_spec))
@@ -299,6 +302,9 @@ class PolicyNode(LifecycleNode):
             with self.lock:
                 new_frame = self.assembler.add(source.key, value, stamp)
                 self._received = received
+                if new_frame:
+                    self._frame_stamp = msg.header.stamp if hasattr(msg, "header") \
+                        else _to_time(stamp).to_msg()
         except Exception as e:  # whatever a message holds, it costs that message only
             self.stats["rejected_msgs"] += 1
             why = e if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
@@ -341,7 +347,7 @@ class PolicyNode(LifecycleNode):
             if not self.assembler.ready:
                 return
             window, stamp = self.assembler.window()
-            received = self._received
+            received, header_stamp = self._received, self._frame_stamp
             stale = self.assembler.stale_keys(now)
             policy, s = self.policy, self.settings
             committed, lead = self._committed, self.replanner.lead(s.replan_steps)
@@ -367,7 +373,7 @@ class PolicyNode(LifecycleNode):
         actions = self._safe(actions, out)
         if actions is None:
             return
-        self._publish(actions, stamp, latency, policy, received, out)
+        self._publish(actions, stamp, header_stamp, latency, policy, received, out)
 
     def _safe(self, actions: np.ndarray, s: LiveSettings) -> np.ndarray | None:
         """The chunk as float32 inside the limits, or None (with a diagnostic) when it must not
@@ -388,13 +394,13 @@ class PolicyNode(LifecycleNode):
             actions = np.clip(actions, s.low, s.high)
         return actions
 
-    def _publish(self, actions: np.ndarray, stamp: float, latency: float, policy,
-                 received: float, s: LiveSettings) -> None:
+    def _publish(self, actions: np.ndarray, stamp: float, header_stamp, latency: float,
+                 policy, received: float, s: LiveSettings) -> None:
         chunk_pub, traj_pub = self.__dict__.get("chunk_pub"), self.__dict__.get("traj_pub")
         if chunk_pub is None:  # torn down while this chunk was computed
             return
         msg = ActionChunk()
-        msg.header.stamp = _to_time(stamp).to_msg()
+        msg.header.stamp = header_stamp
         names = self.params["joint_names"] if len(self.params["joint_names"]) == \
             actions.shape[1] else policy.action_names
         fill_chunk(msg, actions, names, policy.dt, latency, policy.schedule_id)

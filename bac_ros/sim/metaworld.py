@@ -29,8 +29,9 @@ import numpy as np
 # (Mesa's llvmpipe on a CPU-only machine). Set before metaworld (which imports mujoco) loads.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-#: The tasks this package trains checkpoints for, easiest first (scripted-expert success and
-#: difficulty from Meta-World's own grading and DESIGN.md §6b).
+#: The tasks this package makes demonstrations and trains policies for, easiest first
+#: (difficulty from Meta-World's own grading and DESIGN.md §6b); which of them ship a
+#: checkpoint is docs/METAWORLD.md's table.
 TASKS = ("drawer-open", "button-press-topdown", "peg-insert-side", "pick-place", "disassemble",
          "shelf-place")
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
