@@ -108,7 +108,7 @@ def check_replan_steps(p: Probe) -> None:
         n = len(p.r.chunks)
         sent = [p.send() for _ in range(3)]
         assert p.r.spin(10, lambda n=n: len(p.r.chunks) > n)
-        assert p.stamps(p.r.chunks)[n] == sent[2]  # every third frame
+        assert p.stamps(p.r.chunks)[n] == sent[2]  # every third frame is answered
     p.refuse_bad("replan_steps")
     p.set(replan_steps=1)
     p.chunk()
