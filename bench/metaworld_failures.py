@@ -1,7 +1,7 @@
-"""Where a Meta-World policy fails: per held-out episode, how close the hand came to the object,
-whether the object left the table, how close it came to the goal; and at the states the policy
-itself visits near the object, its horizontal action against the scripted expert's (the expert
-relabels the policy's own states, as DAgger would).
+"""Where a Meta-World policy fails: per held-out episode, where the object started, how close
+the hand came to it, whether the object left the table, how close it came to the goal; and at
+the states the policy itself visits near the object, its horizontal action against the scripted
+expert's (the expert relabels the policy's own states, as DAgger would).
 
     python bench/metaworld_failures.py --checkpoint wip/mw_peg_ft --episodes 8
 
@@ -28,7 +28,8 @@ LIFTED = 0.02  # the object counts as lifted 2 cm above its start
 
 def episode(policy: Policy, env: MetaWorldEnv, expert, seed: int) -> dict:
     state = env.reset(seed)["state"]
-    start_z = state[OBJECT][2]
+    start = state[OBJECT].copy()
+    start_z = start[2]
     history = deque([state] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
     closest, lift, to_goal, mine, theirs = np.inf, 0.0, np.inf, [], []
     done, info = False, {}
@@ -47,7 +48,8 @@ def episode(policy: Policy, env: MetaWorldEnv, expert, seed: int) -> dict:
             to_goal = min(to_goal, info["effector_error"])
             if done:
                 break
-    return {"seed": seed, "success": info["success"], "steps": info["steps"], "closest": closest,
+    return {"seed": seed, "success": info["success"], "steps": info["steps"],
+            "start_xy": start[:2], "closest": closest,
             "lift": lift, "to_goal": to_goal, "near_steps": len(mine),
             "policy_xy": float(np.mean(mine)) if mine else float("nan"),
             "expert_xy": float(np.mean(theirs)) if theirs else float("nan")}
@@ -68,13 +70,15 @@ def main(argv=None) -> int:
     print(f"{task.task}, {args.checkpoint}, {args.method}: hand-object and object-goal distances "
           f"in mm; mean |dx|,|dy| while the hand is within {NEAR_XY * 100:.0f} cm of the object "
           "and the object is on the table (policy, and the expert at the same states)\n")
-    print("| seed | success | steps | closest hand-object | lift | closest object-goal | "
-          "near-object steps | policy \\|xy\\| | expert \\|xy\\| |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| seed | success | steps | object start x, y | closest hand-object | lift | "
+          "closest object-goal | near-object steps | policy \\|xy\\| | expert \\|xy\\| |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [episode(policy, env, expert, s) for s in range(args.seed, args.seed + args.episodes)]
     for r in rows:
+        x, y = 1e3 * r["start_xy"]
         print(f"| {r['seed']} | {'yes' if r['success'] else 'no'} | {r['steps']} | "
-              f"{1e3 * r['closest']:.0f} | {1e3 * r['lift']:.0f} | {1e3 * r['to_goal']:.0f} | "
+              f"{x:.0f}, {y:.0f} | {1e3 * r['closest']:.0f} | {1e3 * r['lift']:.0f} | "
+              f"{1e3 * r['to_goal']:.0f} | "
               f"{r['near_steps']} | {r['policy_xy']:.2f} | {r['expert_xy']:.2f} |")
     env.close()
     ok = sum(r["success"] for r in rows)
