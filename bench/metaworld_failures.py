@@ -29,7 +29,6 @@ LIFTED = 0.02  # the object counts as lifted 2 cm above its start
 def episode(policy: Policy, env: MetaWorldEnv, expert, seed: int) -> dict:
     state = env.reset(seed)["state"]
     start = state[OBJECT].copy()
-    start_z = start[2]
     history = deque([state] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
     closest, lift, to_goal, mine, theirs = np.inf, 0.0, np.inf, [], []
     done, info = False, {}
@@ -37,14 +36,14 @@ def episode(policy: Policy, env: MetaWorldEnv, expert, seed: int) -> dict:
         for action in policy.predict({"state": np.stack(history)}, seed=seed):
             state = env.state()
             if (np.linalg.norm(state[HAND][:2] - state[OBJECT][:2]) < NEAR_XY
-                    and state[OBJECT][2] - start_z < LIFTED):
+                    and state[OBJECT][2] - start[2] < LIFTED):
                 mine.append(np.abs(action[:2]).mean())
                 theirs.append(np.abs(expert_action(expert, env)[:2]).mean())
             obs, done, info = env.step(action)
             state = obs["state"]
             history.append(state)
             closest = min(closest, float(np.linalg.norm(state[HAND] - state[OBJECT])))
-            lift = max(lift, float(state[OBJECT][2] - start_z))
+            lift = max(lift, float(state[OBJECT][2] - start[2]))
             to_goal = min(to_goal, info["effector_error"])
             if done:
                 break
