@@ -63,7 +63,7 @@ from bac_ros.policy.fidelity import (  # noqa: E402
 from bac_ros.policy.policy import Policy, resolve_device  # noqa: E402
 from bac_ros.policy.timing import device_label  # noqa: E402
 from bac_ros.policy.tune import profile_and_compile  # noqa: E402
-from bac_ros.sim import cluster  # noqa: E402
+from bac_ros.sim import cluster, resume  # noqa: E402
 from bac_ros.sim.evaluate import apply_method, evaluate, time_methods  # noqa: E402
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
 from bac_ros.train.dataset import observation_windows  # noqa: E402
@@ -317,16 +317,7 @@ def _shown(path: Path) -> Path:
 
 def success_jobs(rows: list[dict], policy: Policy, ckpt: Path, args) -> list:
     """The closed-loop evaluations these rows still lack (all of them, unless resumed)."""
-    jobs = []
-    for row in rows:
-        on_time = row["median_ms"] < policy.dt * 1e3  # its real-time run is its lockstep run
-        for mode in ("lockstep",) if on_time else ("lockstep", "realtime"):
-            if f"success_{mode}" not in row:
-                # lockstep reports the side-by-side median; real time waits it out
-                jobs.append((row, on_time, cluster.Cell(str(ckpt), row["method"], mode,
-                                                        args.seed, args.episodes,
-                                                        row["median_ms"], args.device)))
-    return jobs
+    return resume.success_jobs(rows, policy.dt, ckpt, args.seed, args.episodes, args.device)
 
 
 def record_success(row: dict, on_time: bool, report: dict, log) -> None:
@@ -707,43 +698,19 @@ def ray_pool(args) -> cluster.Cluster | None:
     return pool
 
 
-#: The settings a saved run (--keep, --resume) must share with this one to be reported with it.
-SAME_SETTINGS = ("episodes", "seed", "repeats", "error_obs", "fidelity_obs", "fidelity_samples")
-
-
-def run_settings(args, ckpts: list[Path]) -> dict:
-    """What a stopped run must share with the command that resumes it."""
-    return {**{k: vars(args)[k] for k in (*SAME_SETTINGS, "quick", "device")},
-            "checkpoints": [Path(c).resolve().name for c in ckpts]}
-
-
-def resumed_sections(args, ckpts: list[Path]) -> dict:
-    """``--resume``: the sections of the stopped run in ``args.partial``, by checkpoint name,
-    refused unless that run measured the same checkpoints with the same settings."""
-    if not args.resume:
-        return {}
-    if not args.partial.is_file():
-        raise SystemExit(f"run_bench: --resume found no stopped run at "
-                         f"{_shown(args.partial)}; run without --resume to start one.")
-    saved = json.loads(args.partial.read_text())
-    differ = [k for k, v in run_settings(args, ckpts).items()
-              if saved.get("settings", {}).get(k) != v]
-    if differ:
-        raise SystemExit(f"run_bench: the stopped run in {_shown(args.partial)} was "
-                         f"started with other settings ({', '.join(differ)}); resume it with "
-                         "the same command, or run without --resume to start again.")
-    args.elapsed_before = saved["elapsed_s"]
-    return {Path(res["checkpoint"]).name: res for res in saved["results"]}
-
-
 def measure_all(ckpts: list[Path], args, pool: cluster.Cluster | None, plots: Path,
                 log) -> list[dict]:
     """Every checkpoint's section. With a pool, success waits until every latency is measured;
     the rows so far are saved to ``args.partial`` after each step, and ``--resume`` measures
     only what they lack: a resumed section keeps the latencies its real-time runs used."""
     results, staged, t0 = [], [], time.perf_counter()
-    done = resumed_sections(args, ckpts)
-    settings = run_settings(args, ckpts)
+    settings = resume.run_settings(vars(args), ckpts)
+    done = {}
+    if args.resume:
+        try:
+            done, args.elapsed_before = resume.resumed_sections(args.partial, settings)
+        except ValueError as err:
+            raise SystemExit(f"run_bench: {err}") from None
 
     def save():  # survives a crash in the report, a failed cell, and a stopped session
         args.partial.parent.mkdir(parents=True, exist_ok=True)
@@ -814,7 +781,7 @@ def carry_over(keep: Path, args, results: list[dict]) -> None:
     """``--keep``: the saved sections of checkpoints this run did not measure join
     ``results`` (in checkpoint order), each with the run that measured it."""
     kept = json.loads(keep.read_text())
-    differ = [k for k in SAME_SETTINGS if kept["args"].get(k) != vars(args)[k]]
+    differ = [k for k in resume.SAME_SETTINGS if kept["args"].get(k) != vars(args)[k]]
     if differ:
         raise SystemExit(f"--keep {keep} was measured with other settings ({differ}); "
                          "its sections would be described wrongly. Rerun all checkpoints.")

@@ -1,42 +1,31 @@
-"""`make bench --resume`: a stopped run goes on with what it lacks, and only the same run."""
+"""`make bench --resume`: a stopped run goes on with what it lacks, and only the same run
+(bac_ros.sim.resume, which bench/run_bench.py calls)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from bac_ros.policy.policy import Policy
+from bac_ros.sim import resume
 
 REPO = Path(__file__).resolve().parents[1]
 ARM = REPO / "checkpoints" / "arm_lowdim"
+#: `make bench BENCH_ARGS=--quick`'s options that a row depends on.
+QUICK = {"episodes": 20, "seed": 100_000, "repeats": 5, "error_obs": 16, "fidelity_obs": 8,
+         "fidelity_samples": 16, "quick": True, "device": "cpu"}
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("run_bench", REPO / "bench" / "run_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _stopped_run(path: Path, rows: list[dict], elapsed_s: float = 321.0) -> None:
+    path.write_text(json.dumps({"results": [{"checkpoint": "checkpoints/arm_lowdim",
+                                             "rows": rows}],
+                                "settings": resume.run_settings(QUICK, [ARM]),
+                                "elapsed_s": elapsed_s}))
 
 
-def _args(bench, tmp_path: Path, *extra: str):
-    args = bench.parse_args(["--quick", "--resume", *extra])
-    args.partial, args.elapsed_before = tmp_path / "partial_quick.json", 0.0
-    return args
-
-
-def _stopped_run(bench, args, rows: list[dict], elapsed_s: float = 321.0) -> None:
-    args.partial.write_text(json.dumps({"results": [{"checkpoint": "checkpoints/arm_lowdim",
-                                                     "rows": rows}],
-                                        "settings": bench.run_settings(args, [ARM]),
-                                        "elapsed_s": elapsed_s}))
-
-
-def test_only_the_missing_evaluations_are_run_again(bench, tmp_path):
-    args = _args(bench, tmp_path)
-    policy = Policy.from_pretrained(ARM, device="cpu")
-    tick_ms = policy.dt * 1e3
+def test_only_the_missing_evaluations_are_run_again(tmp_path):
+    partial = tmp_path / "partial_quick.json"
+    tick_ms = Policy.from_pretrained(ARM, device="cpu").dt * 1e3
     done = {"success_rate": 0.5, "ci95": [0.2, 0.8], "collision_rate": 0.0, "wall_s": 1.0}
     rows = [{"name": "slow, lockstep done", "method": "full", "median_ms": 2 * tick_ms,
              "success_lockstep": done},
@@ -44,26 +33,32 @@ def test_only_the_missing_evaluations_are_run_again(bench, tmp_path):
             {"name": "on time, done", "method": "ddim:16", "median_ms": tick_ms / 2,
              "success_lockstep": done, "success_realtime": dict(done, same_as_lockstep=True)},
             {"name": "on time, nothing done", "method": "ddim:25", "median_ms": tick_ms / 2}]
-    _stopped_run(bench, args, rows)
-    sections = bench.resumed_sections(args, [ARM])
-    assert args.elapsed_before == 321.0
-    jobs = bench.success_jobs(sections["arm_lowdim"]["rows"], policy, ARM, args)
+    _stopped_run(partial, rows)
+    sections, elapsed = resume.resumed_sections(partial, resume.run_settings(QUICK, [ARM]))
+    assert elapsed == 321.0 and list(sections) == ["arm_lowdim"]
+    jobs = resume.success_jobs(sections["arm_lowdim"]["rows"], tick_ms / 1e3, ARM, seed=7,
+                               episodes=3, device="cpu")
     left = [(row["name"], cell.mode, cell.latency_ms) for row, _, cell in jobs]
     assert left == [("slow, lockstep done", "realtime", 2 * tick_ms),
                     ("slow, nothing done", "lockstep", 3 * tick_ms),
                     ("slow, nothing done", "realtime", 3 * tick_ms),
                     ("on time, nothing done", "lockstep", tick_ms / 2)]
-    assert all(cell.episodes == args.episodes and cell.seed == args.seed for _, _, cell in jobs)
+    assert [on_time for _, on_time, _ in jobs] == [False, False, False, True]
+    assert all((cell.episodes, cell.seed, cell.checkpoint, cell.method) ==
+               (3, 7, str(ARM), row["method"]) for row, _, cell in jobs)
 
 
-def test_a_run_with_other_settings_is_refused(bench, tmp_path):
-    _stopped_run(bench, _args(bench, tmp_path), rows=[])
-    with pytest.raises(SystemExit, match=r"other settings \(episodes\)"):
-        bench.resumed_sections(_args(bench, tmp_path, "--episodes", "7"), [ARM])
-    with pytest.raises(SystemExit, match=r"other settings \(checkpoints\)"):
-        bench.resumed_sections(_args(bench, tmp_path), [REPO / "checkpoints" / "arm_image"])
+def test_a_run_with_other_settings_is_refused(tmp_path):
+    partial = tmp_path / "partial_quick.json"
+    _stopped_run(partial, rows=[])
+    with pytest.raises(ValueError, match=r"other settings \(episodes\)"):
+        resume.resumed_sections(partial, resume.run_settings(QUICK | {"episodes": 7}, [ARM]))
+    with pytest.raises(ValueError, match=r"other settings \(checkpoints\)"):
+        resume.resumed_sections(partial, resume.run_settings(
+            QUICK, [REPO / "checkpoints" / "arm_image"]))
 
 
-def test_resume_without_a_stopped_run_says_so(bench, tmp_path):
-    with pytest.raises(SystemExit, match="found no stopped run"):
-        bench.resumed_sections(_args(bench, tmp_path), [ARM])
+def test_resume_without_a_stopped_run_says_so(tmp_path):
+    with pytest.raises(ValueError, match="found no stopped run"):
+        resume.resumed_sections(tmp_path / "partial.json", resume.run_settings(QUICK, [ARM]))
+
