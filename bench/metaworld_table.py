@@ -11,7 +11,7 @@ uniform caching every 10 steps (the paper's baseline at BAC S=10's budget). Lock
 same initial noise. Latency: median batch-1 ``predict``, every method once per round in turn, so
 a busy machine slows all alike and the ratios stay meaningful. Offline fidelity: energy distance
 of each method's chunks to full compute's on observation windows of fresh expert episodes
-(seeds from 0), as in `make bench`, so bench/cross_task.py can ask whether it ranks methods as
+(seeds from 0), as in `make bench`, so its cross-task summary can ask whether it ranks methods as
 success does.
 
 Each method's episodes are saved as they finish (``<out>.partial.json``, kept after the table is

@@ -661,7 +661,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "are carried over (each keeps the run that measured it)")
     ap.add_argument("--resume", action="store_true",
                     help="go on with the run that stopped (same command): measure only what "
-                         "out/bench/partial*.json lacks")
+                         "its bench*.partial.json beside the report lacks")
     ap.add_argument("--from-json", type=Path,
                     help="re-render the report and plots from a bench json, measuring nothing")
     cluster_arguments(ap, "closed-loop success on N local Ray workers (latency stays here)",
@@ -803,7 +803,8 @@ def main(argv=None) -> int:
     out = args.out or docs / f"BENCHMARKS{slug}.md"
     plots = out.parent / "plots" / "bench"  # where the report's plots/bench/ links point
     plots.mkdir(parents=True, exist_ok=True)
-    args.partial = ROOT / "out" / "bench" / f"partial{'_quick' if args.quick else ''}{slug}.json"
+    # beside the report, so a stopped run's rows can be committed and resumed elsewhere
+    args.partial = out.with_name(out.stem.replace("BENCHMARKS", "bench") + ".partial.json")
     args.elapsed_before = 0.0  # --resume: the seconds the stopped run had measured for
 
     def log(text):
@@ -825,6 +826,7 @@ def main(argv=None) -> int:
         json.dumps({"meta": meta, "args": {k: (str(v) if isinstance(v, Path) else v)
                                           for k, v in vars(args).items()},
                     "results": results}, indent=1, default=str))
+    args.partial.unlink(missing_ok=True)  # the report holds every row now
     log(f"wrote {out}")
     return 0
 

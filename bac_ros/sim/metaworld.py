@@ -32,8 +32,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 #: The tasks this package makes demonstrations and trains policies for, easiest first
 #: (difficulty from Meta-World's own grading and DESIGN.md §6b); which of them ship a
 #: checkpoint is docs/METAWORLD.md's table.
-TASKS = ("drawer-open", "button-press-topdown", "peg-insert-side", "pick-place", "disassemble",
-         "shelf-place")
+TASKS = ("drawer-open", "button-press-topdown", "coffee-push", "hammer", "peg-insert-side",
+         "pick-place", "disassemble", "shelf-place")
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 ACTION_TYPE = "ee_delta"  # end-effector position deltas + gripper effort, not joint positions
 ACTION_LOW = [-1.0, -1.0, -1.0, -1.0]

@@ -1,4 +1,4 @@
-"""A benchmark run saved as it goes (``make bench``'s ``partial*.json``): which closed-loop
+"""A benchmark run saved as it goes (``make bench``'s ``bench.partial.json``): which closed-loop
 evaluations its rows still lack, and whether a command may go on with it.
 
 A stopped run is continued only with the checkpoints and settings it was started with: its rows
