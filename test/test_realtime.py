@@ -465,6 +465,26 @@ def test_policy_node_requests_the_next_chunk_by_its_measured_latency(running, st
     assert next_request() == 2  # ... until this schedule's first chunk was measured
 
 
+def test_a_chunk_late_by_all_its_actions_leaves_the_arm_holding_its_start(lowdim):
+    """A fixed latency longer than a chunk: every action is past its tick on arrival, so each
+    episode is the arm holding its start pose to the limit; a tick less, and the arm moves."""
+    policy = Policy.from_pretrained(lowdim, device="cpu")
+    n, tick_ms = policy.n_action_steps, policy.dt * 1e3
+    stale = evaluate(policy, "full", episodes=2, mode="realtime", latency_ms=(n + 0.5) * tick_ms)
+    for ep in stale["per_episode"]:
+        env = ArmEnv(ArmTaskConfig())
+        env.reset(ep["seed"])
+        done = False
+        while not done:
+            _, done, info = env.step(env.hold_action())
+        assert (ep["success"], ep["steps"], ep["final_error"]) == \
+            (bool(info["success"]), env.steps, float(info["effector_error"]))
+        assert ep["chunks"] == -(-env.steps // n)
+    late = evaluate(policy, "full", episodes=2, mode="realtime", latency_ms=(n - 0.5) * tick_ms)
+    assert all(a["final_error"] != b["final_error"]
+               for a, b in zip(late["per_episode"], stale["per_episode"]))
+
+
 def test_the_evaluation_refuses_a_rule_it_would_not_apply(lowdim):
     policy = Policy.from_pretrained(lowdim, device="cpu")
     for kw in ({"mode": "lockstep"}, {"mode": "realtime", "latency_ms": 100.0}):

@@ -147,19 +147,25 @@ def _batched(policy: Policy, episodes: list[_Episode], progress, late: int = 0) 
     its previous target (0: lockstep). On CUDA finished episodes stay in the batch (a constant
     shape replays one captured graph); elsewhere they leave it, since a few long failures would
     otherwise cost a full batch every round. A row's noise is its own generator's, so which
-    rows share the batch does not change an episode."""
+    rows share the batch does not change an episode. A chunk ``late`` by all its actions
+    changes nothing the arm does, so it is not computed: a model that slow holds the arm from
+    start to limit, and finding that out costs no inference."""
     rounds, constant_shape = 0, policy.device.type == "cuda"
+    n = policy.n_action_steps
     while not all(e.done for e in episodes):
         live = episodes if constant_shape else [e for e in episodes if not e.done]
-        batch = {k: np.stack([e.window()[k] for e in live]) for k in policy.obs_spec}
-        gens = [_generator(e.seed, rounds) for e in live]
-        chunks = policy.predict(batch, generator=gens, batched=True)
+        if late >= n:
+            chunks = [None] * len(live)
+        else:
+            batch = {k: np.stack([e.window()[k] for e in live]) for k in policy.obs_spec}
+            gens = [_generator(e.seed, rounds) for e in live]
+            chunks = policy.predict(batch, generator=gens, batched=True)
         rounds += 1
         for e, chunk in zip(live, chunks):
             if e.done:
                 continue
             e.chunks += 1
-            for k in range(len(chunk)):
+            for k in range(n):
                 e.hold() if k < late else e.act(chunk[k])
                 if e.done:
                     progress(1)
