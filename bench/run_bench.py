@@ -307,7 +307,8 @@ def measure_model(ckpt: Path, args, log) -> tuple[dict, Policy, list]:
                "step_rmse": errors[name]["step_rmse"]}
         rows.append(row)
     res = {"checkpoint": str(ckpt.relative_to(ROOT)), "device": device_label(policy.device),
-           "cost": cost, "rows": rows}
+           "model": policy.fingerprint, "cost": cost, "rows": rows}
+    resume.keep_schedules(res)
     return res, policy, success_jobs(rows, policy, ckpt, args)
 
 
@@ -381,6 +382,7 @@ def finish_model(res: dict, policy: Policy, ckpt: Path, args, plots: Path, log) 
     draw_plots(ckpt.name, rows, plots)
     res["node_overhead"] = overhead
     res["validation"] = validation(rows)
+    res.pop("schedules", None)  # complete: a resumed run runs none of them again
 
 
 def _pct(r: dict) -> str:
@@ -730,6 +732,10 @@ def measure_all(ckpts: list[Path], args, pool: cluster.Cluster | None, plots: Pa
             res, policy, jobs = measure_model(ckpt, args, log)
         else:
             policy = Policy.from_pretrained(ckpt, device=args.device)
+            try:
+                resume.restore_section(res, policy.fingerprint, ROOT / "out" / "bench" / ckpt.name)
+            except ValueError as err:
+                raise SystemExit(f"run_bench: {err}") from None
             jobs = success_jobs(res["rows"], policy, ckpt, args)
             log(f"{ckpt.name}: resumed, {len(jobs)} closed-loop evaluations left")
         results.append(res)

@@ -2,6 +2,7 @@
 (bac_ros.sim.resume, which bench/run_bench.py calls)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,28 @@ def test_resume_without_a_stopped_run_says_so(tmp_path):
     with pytest.raises(ValueError, match="found no stopped run"):
         resume.resumed_sections(tmp_path / "partial.json", resume.run_settings(QUICK, [ARM]))
 
+
+
+def test_a_resumed_section_runs_the_stopped_runs_schedules_anywhere(tmp_path):
+    """The stopped run's schedule files stay behind with its machine; the partial file carries
+    them, and a resumed run writes them back and runs those, on the same weights only."""
+    policy = Policy.from_pretrained(ARM, device="cpu")
+    measured = tmp_path / "stopped" / "bac_s10_k5.yaml"
+    measured.parent.mkdir()
+    shutil.copy(ARM / "bac_s10_k5.yaml", measured)
+    section = {"checkpoint": "checkpoints/arm_lowdim", "model": policy.fingerprint,
+               "rows": [{"name": "full (DDPM-100)", "method": "full"},
+                        {"name": "BAC S=10 k=5", "method": f"bac:{measured}"}]}
+    resume.keep_schedules(section)
+    saved = json.loads(json.dumps(section))  # as the partial file holds it
+    shutil.rmtree(measured.parent)
+    here = tmp_path / "here"
+    resume.restore_section(saved, policy.fingerprint, here)
+    assert [r["method"] for r in saved["rows"]] == ["full", f"bac:{here / 'bac_s10_k5.yaml'}"]
+    assert (tmp_path / "here" / "bac_s10_k5.yaml").read_bytes() == \
+        (ARM / "bac_s10_k5.yaml").read_bytes()
+    policy.set_schedule(saved["rows"][1]["method"].split(":", 1)[1])  # loads for these weights
+    other = json.loads(json.dumps(section)) | {"model": "0" * 16}
+    with pytest.raises(ValueError, match="with other weights"):
+        resume.restore_section(other, policy.fingerprint, tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists()

@@ -1,9 +1,12 @@
 """A benchmark run saved as it goes (``make bench``'s ``bench.partial.json``): which closed-loop
 evaluations its rows still lack, and whether a command may go on with it.
 
-A stopped run is continued only with the checkpoints and settings it was started with: its rows
-would otherwise be reported beside rows measured differently. Each row keeps the latency its
-real-time runs wait out, so what is measured after the stop uses the latency measured before it.
+A stopped run is continued only with the checkpoints and settings it was started with, on the
+same weights: its rows would otherwise be reported beside rows measured differently. Each row
+keeps the latency its real-time runs wait out, so what is measured after the stop uses the
+latency measured before it. The file carries the text of every schedule its rows ran (a resumed
+run may be a fresh checkout on another machine, where the stopped run's files are not), and
+:func:`restore_section` writes them back.
 """
 
 from __future__ import annotations
@@ -41,6 +44,31 @@ def success_jobs(rows: list[dict], dt_s: float, ckpt: Path, seed: int, episodes:
                 jobs.append((row, on_time, Cell(str(ckpt), row["method"], mode, seed, episodes,
                                                 row["median_ms"], device)))
     return jobs
+
+
+def keep_schedules(section: dict) -> None:
+    """Put the file name and text of every ``bac:`` row's schedule into ``section``."""
+    section["schedules"] = {
+        row["name"]: {"file": Path(path).name, "text": Path(path).read_text()}
+        for row in section["rows"] if row["method"].startswith("bac:")
+        for path in [row["method"].split(":", 1)[1]]}
+
+
+def restore_section(section: dict, fingerprint: str, folder: Path) -> None:
+    """Make a stopped run's section runnable here: refused (:class:`ValueError`) unless it was
+    measured on the weights with this ``fingerprint``; its schedules are written into ``folder``
+    and its rows pointed at them."""
+    if section.get("model") != fingerprint:
+        raise ValueError(f"the stopped run measured {section['checkpoint']} with other weights "
+                         f"(model {section.get('model')}, now {fingerprint}); run without "
+                         "--resume to measure it again.")
+    folder.mkdir(parents=True, exist_ok=True)
+    for row in section["rows"]:
+        kept = section["schedules"].get(row["name"])
+        if kept is not None:
+            path = folder / kept["file"]
+            path.write_text(kept["text"])
+            row["method"] = f"bac:{path}"
 
 
 def resumed_sections(partial: Path, settings: dict) -> tuple[dict, float]:
