@@ -64,7 +64,6 @@ def test_resume_without_a_stopped_run_says_so(tmp_path):
         resume.resumed_sections(tmp_path / "partial.json", resume.run_settings(QUICK, [ARM]))
 
 
-
 def test_a_resumed_section_runs_the_stopped_runs_schedules_anywhere(tmp_path):
     """The stopped run's schedule files stay behind with its machine; the partial file carries
     them, and a resumed run writes them back and runs those, on the same weights only."""
@@ -81,8 +80,7 @@ def test_a_resumed_section_runs_the_stopped_runs_schedules_anywhere(tmp_path):
     here = tmp_path / "here"
     resume.restore_section(saved, policy.fingerprint, here)
     assert [r["method"] for r in saved["rows"]] == ["full", f"bac:{here / 'bac_s10_k5.yaml'}"]
-    assert (tmp_path / "here" / "bac_s10_k5.yaml").read_bytes() == \
-        (ARM / "bac_s10_k5.yaml").read_bytes()
+    assert (here / "bac_s10_k5.yaml").read_bytes() == (ARM / "bac_s10_k5.yaml").read_bytes()
     policy.set_schedule(saved["rows"][1]["method"].split(":", 1)[1])  # loads for these weights
     other = json.loads(json.dumps(section)) | {"model": "0" * 16}
     with pytest.raises(ValueError, match="with other weights"):
