@@ -127,3 +127,19 @@ def test_cli_distills_a_metaworld_checkpoint(built, tmp_path, capsys):
     assert main(["distill", "--lowdim", str(folder), "--scene-episodes", "2", "--steps", "1",
                  "--batch-size", "2", "--out", str(out)]) == 0
     assert set(Policy.from_pretrained(out, device="cpu").obs_spec) == {"image", "proprio", "goal"}
+
+
+def test_the_camera_features_see_the_hand_position(built):
+    """One camera cannot place a lifted object in depth; its features are fused with the hand's
+    position, which can (the grasped object sits at the hand)."""
+    _, _, _, ckpt = built
+    assert ckpt.config["obs_encoder"]["condition_on"] == ["proprio"]
+    image = Policy(ckpt, device="cpu")
+    frames, states = scene_frames(PICK, [SCENE_SEED], 0.0, 20)
+    obs = {"image": torch.as_tensor(frames).movedim(-1, -3).float() / 255.0,
+           "proprio": torch.as_tensor(states[:, :4]), "goal": torch.as_tensor(states[:, 36:])}
+    norm = {k: image.normalizer.normalize(k, v) for k, v in obs.items()}
+    with torch.no_grad():
+        feats = image.obs_encoder(norm)
+        raised = image.obs_encoder(dict(norm, proprio=norm["proprio"] + 0.5))
+    assert not torch.allclose(feats[:, :64], raised[:, :64])

@@ -297,3 +297,36 @@ def test_factory_and_forward_errors_name_the_problem():
         enc({"image": torch.rand(1, 3, 96, 96)})
     with pytest.raises(ValueError, match=r"expected \(batch, 3, 96, 96\)"):
         enc({"image": torch.rand(1, 3, 84, 84), "agent_pos": torch.zeros(1, 2)})
+
+
+def test_condition_on_fuses_the_hand_state_into_each_camera_feature():
+    two = {"left": {"shape": [3, 32, 32], "type": "rgb"}, "right": {"shape": [3, 32, 32],
+           "type": "rgb"}, "hand": {"shape": [4]}, "goal": {"shape": [3]}}
+    cfg = {"type": "small_cnn", "obs": two, "cnn": {"channels": [16], "strides": [2]},
+           "condition_on": ["hand"], "condition_hidden": 32}
+    torch.manual_seed(0)
+    enc, dim = build_obs_encoder(cfg)
+    enc.eval()
+    assert dim == 64 + 64 + 4 + 3
+    fusers = {k: tuple(v.shape) for k, v in enc.state_dict().items() if k.startswith("obs_fusers")}
+    assert fusers == {f"obs_fusers.{cam}.{i}.{p}": s for cam in ("left", "right")
+                      for i, p, s in ((0, "weight", (32, 68)), (0, "bias", (32,)),
+                                      (2, "weight", (64, 32)), (2, "bias", (64,)))}
+    obs = {"left": torch.rand(2, 3, 32, 32), "right": torch.rand(2, 3, 32, 32),
+           "hand": torch.zeros(2, 4), "goal": torch.zeros(2, 3)}
+    base = enc(obs)
+    moved = enc(dict(obs, hand=torch.ones(2, 4)))
+    assert not torch.allclose(base[:, :128], moved[:, :128])  # both cameras' features move
+    torch.testing.assert_close(moved[:, 128:132], torch.ones(2, 4))  # the key itself passes on
+    assert torch.equal(enc(dict(obs, goal=torch.ones(2, 3)))[:, :128], base[:, :128])
+    assert (base[:, :128] >= 0).all()  # the ReLU after each camera comes after the fusion
+    # without condition_on the encoder is robomimic's: no fuser tensors, the hand does not matter
+    plain, _ = build_obs_encoder({k: v for k, v in cfg.items() if not k.startswith("condition")})
+    assert not any(k.startswith("obs_fusers") for k in plain.state_dict())
+    plain.eval()
+    assert torch.equal(plain(obs)[:, :128], plain(dict(obs, hand=torch.ones(2, 4)))[:, :128])
+    for bad in (["left"], ["elbow"]):
+        with pytest.raises(ValueError, match="not low-dim observations"):
+            build_obs_encoder(dict(cfg, condition_on=bad))
+    with pytest.raises(KeyError, match="hand"):
+        enc({k: v for k, v in obs.items() if k != "hand"})

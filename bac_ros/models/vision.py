@@ -311,6 +311,11 @@ class ObservationEncoder(nn.Module):
     RGB keys: crop (``obs_randomizers``) -> image core (``obs_nets``) -> ReLU. Low-dim keys: as
     given. ``forward`` takes a dict of (B, *shape) tensors (extra keys are ignored) and returns
     (B, output_dim). Policies with an observation history fold time into the batch first.
+
+    ``condition_on`` (not in robomimic): low-dim keys each image core's features are joined with,
+    through a two-layer MLP (``obs_fusers``, ``condition_hidden`` wide) before the ReLU. One
+    camera cannot place a lifted object in depth; beside the hand's own position it can (the
+    grasped object sits at the hand).
     """
 
     def __init__(
@@ -318,12 +323,23 @@ class ObservationEncoder(nn.Module):
         obs: Sequence[ObsSpec],
         make_core: Callable[[tuple[int, int, int]], nn.Module],
         crop_shape: tuple[int, int] | None = None,
+        condition_on: Sequence[str] = (),
+        condition_hidden: int = 256,
     ):
         super().__init__()
         self.obs_specs = tuple(obs)
         self.obs_nets = nn.ModuleDict()
         self.obs_randomizers = nn.ModuleDict()
         self.activation = nn.ReLU()
+        low_dim = {s.name: math.prod(s.shape) for s in self.obs_specs if s.type not in IMAGE_TYPES}
+        bad = [k for k in condition_on if k not in low_dim]
+        if bad:
+            raise ValueError(f"condition_on names {bad}, which are not low-dim observations; "
+                             f"expected some of {sorted(low_dim)}.")
+        self.condition_on = tuple(condition_on)
+        cond_dim = sum(low_dim[k] for k in self.condition_on)
+        if self.condition_on:
+            self.obs_fusers = nn.ModuleDict()
         output_dim = 0
         for spec in self.obs_specs:
             if spec.type not in IMAGE_TYPES:
@@ -341,27 +357,36 @@ class ObservationEncoder(nn.Module):
                 height, width = ch, cw
             core = make_core((channels, height, width))
             self.obs_nets[spec.name] = core
+            if self.condition_on:
+                self.obs_fusers[spec.name] = nn.Sequential(
+                    nn.Linear(core.feature_dim + cond_dim, condition_hidden), nn.ReLU(),
+                    nn.Linear(condition_hidden, core.feature_dim))
             output_dim += core.feature_dim
         self.output_dim = output_dim
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        feats = []
         for spec in self.obs_specs:
             if spec.name not in obs:
                 raise KeyError(
                     f"observation {spec.name!r} is missing; the encoder needs "
                     f"{[s.name for s in self.obs_specs]}."
                 )
-            x = obs[spec.name]
-            if tuple(x.shape[1:]) != spec.shape:
+            if tuple(obs[spec.name].shape[1:]) != spec.shape:
                 raise ValueError(
-                    f"observation {spec.name!r} has shape {tuple(x.shape)}; expected "
-                    f"(batch, {', '.join(str(s) for s in spec.shape)})."
+                    f"observation {spec.name!r} has shape {tuple(obs[spec.name].shape)}; "
+                    f"expected (batch, {', '.join(str(s) for s in spec.shape)})."
                 )
+        feats = []
+        for spec in self.obs_specs:
+            x = obs[spec.name]
             if spec.type in IMAGE_TYPES:
                 if spec.name in self.obs_randomizers:
                     x = self.obs_randomizers[spec.name](x)
-                x = self.activation(self.obs_nets[spec.name](x))
+                x = self.obs_nets[spec.name](x)
+                if self.condition_on:
+                    cond = [obs[k].reshape(x.shape[0], -1) for k in self.condition_on]
+                    x = self.obs_fusers[spec.name](torch.cat([x, *cond], dim=-1))
+                x = self.activation(x)
             feats.append(x.reshape(x.shape[0], -1))
         return torch.cat(feats, dim=-1)
 
@@ -391,7 +416,7 @@ def parse_obs_specs(obs: Mapping[str, Mapping]) -> list[ObsSpec]:
     return specs
 
 
-_COMMON_KEYS = {"type", "obs", "crop_shape"}
+_COMMON_KEYS = {"type", "obs", "crop_shape", "condition_on", "condition_hidden"}
 _TYPE_KEYS = {
     "robomimic_resnet18": {"group_norm", "feature_dim", "num_kp"},
     "small_cnn": {"cnn"},
@@ -403,7 +428,8 @@ def build_obs_encoder(config: Mapping) -> tuple[ObservationEncoder, int]:
 
     Keys: ``type`` ('robomimic_resnet18' | 'small_cnn'), ``obs`` (ordered
     ``{key: {shape, type}}``, Chi et al.'s ``shape_meta['obs']``), ``crop_shape`` ([h, w] or
-    null). robomimic_resnet18 also takes ``group_norm`` (default true; false keeps BatchNorm),
+    null), ``condition_on`` (low-dim keys the image features are fused with; default none, as in
+    Chi et al.) and ``condition_hidden`` (that MLP's width, 256). robomimic_resnet18 also takes ``group_norm`` (default true; false keeps BatchNorm),
     ``feature_dim`` (64) and ``num_kp`` (32); small_cnn takes ``cnn`` (``SmallCNNConfig`` fields).
     A Chi et al. hybrid policy maps to ``{type: robomimic_resnet18, obs: shape_meta.obs,
     crop_shape: policy.crop_shape, group_norm: policy.obs_encoder_group_norm}``.
@@ -442,5 +468,7 @@ def build_obs_encoder(config: Mapping) -> tuple[ObservationEncoder, int]:
         def make_core(shape: tuple[int, int, int]) -> nn.Module:
             return SmallCNN(shape, cnn_config)
 
-    encoder = ObservationEncoder(specs, make_core, crop_shape)
+    encoder = ObservationEncoder(specs, make_core, crop_shape,
+                                 tuple(config.get("condition_on") or ()),
+                                 int(config.get("condition_hidden", 256)))
     return encoder, encoder.output_dim

@@ -39,6 +39,9 @@ VARIANTS = {
 # No crop: the camera is fixed and actions are absolute joint targets, so a random crop's shift
 # (robomimic's augmentation) would blur exactly the target position the arm must reach.
 IMAGE_ENCODER = {"type": "small_cnn", "crop_shape": None}
+# Meta-World's one camera leaves a lifted object's depth open; fused with the hand's position
+# (``proprio``: the grasped object sits at the hand) its features can place it (METAWORLD.md).
+METAWORLD_IMAGE_ENCODER = dict(IMAGE_ENCODER, condition_on=["proprio"])
 # Spatial-softmax pixel grids: buffers fixed by the image size, rebuilt rather than transferred.
 _GRID_BUFFERS = (".pos_x", ".pos_y")
 JOINT_NAMES = ["joint1", "joint2", "joint3"]
@@ -55,6 +58,7 @@ class TaskSpec:
     dt: float
     task: dict | None = None
     action_type: str = "joint_position"  # or "ee_delta": what a controller does with actions
+    image_encoder: dict | None = None  # the image variant's encoder config; None: IMAGE_ENCODER
 
 
 def arm_spec(variant: str, task: ArmTaskConfig | None = None) -> TaskSpec:
@@ -72,7 +76,8 @@ def task_spec(task: ArmTaskConfig | metaworld.MetaWorldTaskConfig, variant: str)
         raise ValueError(f"unknown variant {variant!r}; expected one of "
                          f"{sorted(metaworld.OBS_VARIANTS)}")
     return TaskSpec(metaworld.OBS_VARIANTS[variant], metaworld.ACTION_NAMES, task.dt,
-                    metaworld.task_record(task), action_type=metaworld.ACTION_TYPE)
+                    metaworld.task_record(task), action_type=metaworld.ACTION_TYPE,
+                    image_encoder=METAWORLD_IMAGE_ENCODER)
 
 
 @dataclass
@@ -142,7 +147,7 @@ def build_initial(cfg: TrainConfig, data: dict, spec: TaskSpec | ArmTaskConfig) 
     ckpt = new_checkpoint(
         obs, len(spec.action_names), _normalizer(data, obs), horizon=cfg.horizon,
         n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps, model=cfg.model,
-        obs_encoder=IMAGE_ENCODER if images else None,
+        obs_encoder=(spec.image_encoder or IMAGE_ENCODER) if images else None,
         scheduler=DEFAULT_SCHEDULER, num_inference_steps=DEFAULT_INFERENCE_STEPS, dt=spec.dt,
         action_names=list(spec.action_names), seed=cfg.seed,
     )
