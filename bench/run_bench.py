@@ -536,7 +536,8 @@ def task_tables(results: list[dict], docs: Path) -> list[dict]:
         if Path(saved["checkpoint"]).name in benched:
             continue
         rows = {r["name"]: dict(r, energy=r.get("fidelity_energy")) for r in saved["rows"]}
-        tables.append({"task": f"metaworld {saved['task']}", "checkpoint": saved["checkpoint"],
+        label = f"metaworld {saved['task']}" + (" camera" if saved.get("camera") else "")
+        tables.append({"task": label, "checkpoint": saved["checkpoint"],
                        "source": f"[{path.stem}.md]({path.stem}.md)",
                        "expert": rows.pop("scripted expert"), "rows": rows})
     return tables

@@ -20,14 +20,16 @@ def _row(name: str, successes: int, speedup: float | None, energy: float | None)
     return row if energy is None else row | {"fidelity_energy": energy, "fidelity_energy_sem": 0.0}
 
 
-def _metaworld_table(folder: Path, task: str, bac: int) -> None:
+def _metaworld_table(folder: Path, task: str, bac: int, camera: bool = False) -> None:
     """A bench/metaworld_table.py JSON: success falls as the energy distance grows."""
     rows = [_row("scripted expert", 196, None, None), _row("full (DDPM-100)", 190, 1.0, -0.01),
             _row("BAC S=10 k=5", bac, 4.3, 0.3 if bac < 190 else 0.001),
             _row("bac tune (tuned_x5)", 186, 18.0, 0.05), _row("DDIM-10", 180, 9.6, 0.08),
             _row("DDPM-10", 170, 9.6, 0.12), _row("uniform:10", 100, 4.0, 0.5)]
-    (folder / f"eval_metaworld_{task}.json").write_text(json.dumps(
-        {"checkpoint": f"checkpoints/metaworld_{task}_lowdim", "task": task, "rows": rows}))
+    variant = "image" if camera else "lowdim"
+    (folder / f"eval_metaworld_{task}_{variant}.json").write_text(json.dumps(
+        {"checkpoint": f"checkpoints/metaworld_{task}_{variant}", "task": task, "camera": camera,
+         "rows": rows}))
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,7 @@ def rendered(tmp_path_factory) -> tuple[str, dict]:
     _metaworld_table(folder, "hard", bac=120)
     _metaworld_table(folder, "easy", bac=190)
     _metaworld_table(folder, "lucky", bac=199)
+    _metaworld_table(folder, "easy", bac=188, camera=True)
     (folder / "eval_metaworld_busy.partial.json").write_text(json.dumps({"run": {}, "rows": {}}))
     out = folder / "BENCHMARKS.md"
     done = subprocess.run([sys.executable, "bench/run_bench.py", "--from-json",
@@ -57,12 +60,13 @@ def _summary_row(text: str, name: str) -> list[str]:
 
 def test_the_summary_has_every_task_and_their_differences(rendered):
     text, arm = rendered
-    assert "| method | arm_lowdim | metaworld easy | metaworld hard | metaworld lucky |" \
-        in text  # not "busy"
+    assert ("| method | arm_lowdim | metaworld easy camera | metaworld easy | metaworld hard | "
+            "metaworld lucky |") in text  # not "busy"
     rows = {r["name"]: r for r in arm["rows"]}
     d = rows["BAC S=10 k=5"]["success_lockstep"]["success_rate"] - \
         rows["full (DDPM-100)"]["success_lockstep"]["success_rate"]
-    arm_cell, easy, hard, _ = _summary_row(text, "BAC S=10 k=5")
+    arm_cell, camera, easy, hard, _ = _summary_row(text, "BAC S=10 k=5")
+    assert camera.startswith("-1.0 [") and "*" not in camera
     assert arm_cell.startswith(f"{100 * d:+.1f} [")
     assert easy.startswith("+0.0 [") and "*" not in easy and easy.endswith("4.3×")
     assert hard.startswith("-35.0 [") and "*" in hard  # 60% against 95%: beyond noise
@@ -85,4 +89,4 @@ def test_fidelity_ranks_are_reported_per_task_and_pooled(rendered):
     assert float(rho.split("|")[3]) == pytest.approx(arm["validation"]["spearman_energy"],
                                                      abs=0.005)
     pooled = next(li for li in text.splitlines() if li.startswith("| pooled (success − full) |"))
-    assert pooled.split("|")[2].strip() == str(26 + 5 + 5 + 5)
+    assert pooled.split("|")[2].strip() == str(26 + 5 + 5 + 5 + 5)

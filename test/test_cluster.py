@@ -116,6 +116,33 @@ def test_finished_episodes_leave_the_cpu_batch(tiny, monkeypatch):
     assert sizes[0] == 5 and sizes[-1] < 5
 
 
+def test_rendering_episodes_run_in_groups_with_the_same_outcomes(tmp_path, monkeypatch):
+    """A camera policy's episodes each hold a rendering context, so they run RENDER_GROUP at a
+    time; an episode's noise is its own, so its outcome is the one it has in a single batch."""
+    from bac_ros.sim import evaluate as evaluation
+
+    g = torch.Generator().manual_seed(0)
+    lo, hi = torch.tensor(TASK.joint_low), torch.tensor(TASK.joint_high)
+    norm = LinearNormalizer()
+    norm.fit_limits("action", lo + (hi - lo) * torch.rand(256, 3, generator=g))
+    norm.fit_limits("joints", lo + (hi - lo) * torch.rand(256, 3, generator=g))
+    norm.fit_image_range("image")
+    obs = {"image": {"shape": [3, 96, 96], "type": "rgb"},
+           "joints": {"shape": [3], "type": "low_dim"}}
+    ckpt = new_checkpoint(obs, 3, norm, horizon=8, n_action_steps=4, model=SMALL,
+                          obs_encoder={"type": "small_cnn"}, num_inference_steps=4)
+    policy = Policy.from_pretrained(save_native(ckpt, tmp_path / "camera"), device="cpu")
+    whole = evaluate(policy, "full", 5, 100_002, "lockstep", task=TASK)
+    sizes, predict = [], policy.predict
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: sizes.append(
+        len(next(iter(obs.values())))) or predict(obs, **kw))
+    monkeypatch.setattr(evaluation, "RENDER_GROUP", 2)
+    grouped = evaluate(policy, "full", 5, 100_002, "lockstep", task=TASK)
+    assert max(sizes) == 2 and sizes[0] == 2
+    assert _same_episodes(grouped, whole)
+    assert len({e["steps"] for e in whole["per_episode"]}) > 1
+
+
 def test_version_mismatch_is_one_sentence():
     ours = cluster.environment()
     assert cluster.version_mismatch(dict(ours, node="other"), ours) is None

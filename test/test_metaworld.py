@@ -231,7 +231,7 @@ def test_end_effector_actions_are_never_published_as_joint_trajectories(tmp_path
 
 
 SHIPPED = sorted(p.name for p in (Path(__file__).resolve().parents[1] / "checkpoints").glob(
-    "metaworld_*_lowdim"))
+    "metaworld_*"))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -245,9 +245,10 @@ def test_shipped_checkpoint_acts_in_limits_and_succeeds(name):
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / name
     policy = load_policy(ckpt, device="cpu")
     assert policy.action_type == "ee_delta" and policy.action_names == ACTION_NAMES_EXPECTED
-    env = MetaWorldEnv(task_of(policy))
-    window = {"state": np.stack([env.reset(100_000)["state"]] * policy.n_obs_steps)}
+    env = MetaWorldEnv(task_of(policy), render_images="image" in policy.obs_spec)
+    first = env.reset(100_000)
     env.close()
+    window = {k: np.stack([first[k]] * policy.n_obs_steps) for k in policy.obs_spec}
     chunk = policy.predict(window, seed=0)
     assert chunk.shape == (policy.n_action_steps, 4) and np.isfinite(chunk).all()
     # raw samples may overshoot the action space slightly (the gripper's -1 is the data's edge);

@@ -36,6 +36,9 @@ from bac_ros.policy.timing import time_interleaved
 from bac_ros.sim.tasks import Env, Task, make_env, task_of
 
 MODES = ("lockstep", "realtime")
+#: Batched episodes that render run this many at a time: each holds an offscreen context
+#: (about 70 MB with Mesa's llvmpipe; 200 at once ran this 24 GiB machine out of memory).
+RENDER_GROUP = 32
 # request when the chunk ends, run n_action_steps of it
 AT_END = Execution(replan="at_end", seam="none", warm_start=0.0, chunk_actions=0)
 
@@ -321,16 +324,24 @@ def evaluate(
                          "mode realtime without a fixed latency, or the at_end defaults")
     apply_method(policy, method)
     task = task or task_of(policy)
-    eps = [_Episode(policy, task, seed + i, policy.reads_images) for i in range(episodes)]
     progress = progress or (lambda n: None)
     t0 = time.perf_counter()
     timeline = None
     if mode == "realtime" and latency_ms is None:
-        timeline = _timeline_report(execution, lag_ticks, _realtime(
-            policy, eps, progress, execution, lag_ticks, clock))
+        eps, lines = [], []
+        for i in range(episodes):  # one at a time: one rendering context alive
+            eps.append(_Episode(policy, task, seed + i, policy.reads_images))
+            lines += _realtime(policy, eps[-1:], progress, execution, lag_ticks, clock)
+        timeline = _timeline_report(execution, lag_ticks, lines)
     else:
         late = 0 if mode == "lockstep" else int(latency_ms * 1e-3 // policy.dt)
-        _batched(policy, eps, progress, late)
+        # an episode's noise is its own, so running them in groups changes none of them
+        group, eps = RENDER_GROUP if policy.reads_images else max(episodes, 1), []
+        for start in range(0, episodes, group):
+            batch = [_Episode(policy, task, seed + i, policy.reads_images)
+                     for i in range(start, min(start + group, episodes))]
+            _batched(policy, batch, progress, late)
+            eps += batch
         # the batch hid per-observation latency: time batch 1 separately (or take the given one)
         latency = (latency_ms * 1e-3 if latency_ms is not None
                    else _batch1_latency(policy, eps[0].window()))
