@@ -429,8 +429,9 @@ def build_obs_encoder(config: Mapping) -> tuple[ObservationEncoder, int]:
     Keys: ``type`` ('robomimic_resnet18' | 'small_cnn'), ``obs`` (ordered
     ``{key: {shape, type}}``, Chi et al.'s ``shape_meta['obs']``), ``crop_shape`` ([h, w] or
     null), ``condition_on`` (low-dim keys the image features are fused with; default none, as in
-    Chi et al.) and ``condition_hidden`` (that MLP's width, 256). robomimic_resnet18 also takes ``group_norm`` (default true; false keeps BatchNorm),
-    ``feature_dim`` (64) and ``num_kp`` (32); small_cnn takes ``cnn`` (``SmallCNNConfig`` fields).
+    Chi et al.) and ``condition_hidden`` (that MLP's width, 256). robomimic_resnet18 also takes
+    ``group_norm`` (default true; false keeps BatchNorm), ``feature_dim`` (64) and ``num_kp``
+    (32); small_cnn takes ``cnn`` (``SmallCNNConfig`` fields).
     A Chi et al. hybrid policy maps to ``{type: robomimic_resnet18, obs: shape_meta.obs,
     crop_shape: policy.crop_shape, group_norm: policy.obs_encoder_group_norm}``.
     """
