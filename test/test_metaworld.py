@@ -245,7 +245,7 @@ def test_shipped_checkpoint_acts_in_limits_and_succeeds(name):
     ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / name
     policy = load_policy(ckpt, device="cpu")
     assert policy.action_type == "ee_delta" and policy.action_names == ACTION_NAMES_EXPECTED
-    env = MetaWorldEnv(task_of(policy), render_images="image" in policy.obs_spec)
+    env = MetaWorldEnv(task_of(policy), render_images=policy.reads_images)
     first = env.reset(100_000)
     env.close()
     window = {k: np.stack([first[k]] * policy.n_obs_steps) for k in policy.obs_spec}

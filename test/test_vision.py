@@ -325,6 +325,8 @@ def test_condition_on_fuses_the_hand_state_into_each_camera_feature():
     assert not any(k.startswith("obs_fusers") for k in plain.state_dict())
     plain.eval()
     assert torch.equal(plain(obs)[:, :128], plain(dict(obs, hand=torch.ones(2, 4)))[:, :128])
+    with pytest.raises(ValueError, match="no condition_on"):
+        build_obs_encoder(dict(cfg, condition_on=[]))
     for bad in (["left"], ["elbow"]):
         with pytest.raises(ValueError, match="not low-dim observations"):
             build_obs_encoder(dict(cfg, condition_on=bad))

@@ -469,6 +469,9 @@ def build_obs_encoder(config: Mapping) -> tuple[ObservationEncoder, int]:
         def make_core(shape: tuple[int, int, int]) -> nn.Module:
             return SmallCNN(shape, cnn_config)
 
+    if "condition_hidden" in config and not config.get("condition_on"):
+        raise ValueError("encoder config sets condition_hidden but no condition_on keys; the "
+                         "fusion MLP it sizes exists only with condition_on.")
     encoder = ObservationEncoder(specs, make_core, crop_shape,
                                  tuple(config.get("condition_on") or ()),
                                  int(config.get("condition_hidden", 256)))

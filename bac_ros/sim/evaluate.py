@@ -36,8 +36,8 @@ from bac_ros.policy.timing import time_interleaved
 from bac_ros.sim.tasks import Env, Task, make_env, task_of
 
 MODES = ("lockstep", "realtime")
-#: Batched episodes that render run this many at a time: each holds an offscreen context
-#: (about 70 MB with Mesa's llvmpipe; 200 at once ran this 24 GiB machine out of memory).
+#: Batched episodes that render run this many at a time: each holds an offscreen context, and
+#: 200 Meta-World camera episodes at once took 14.5 GB and ran this 24 GiB machine out of memory.
 RENDER_GROUP = 32
 # request when the chunk ends, run n_action_steps of it
 AT_END = Execution(replan="at_end", seam="none", warm_start=0.0, chunk_actions=0)
