@@ -252,7 +252,8 @@ def _distill(args) -> int:
     else:
         data = None if metaworld else generate_demos(args.episodes or 200, seed=0)
     ckpt = distill_image_policy(args.lowdim, data, args.steps, args.batch_size, args.lr,
-                                args.seed, scene_episodes=args.scene_episodes)
+                                args.seed, scene_episodes=args.scene_episodes, init=args.init,
+                                rollouts=args.rollouts)
     save_native(ckpt, args.out)
     print(f"wrote {args.out}")
     return 0
@@ -475,6 +476,11 @@ def _distill_parser(sub) -> None:
                    "generate (default 200)")
     p.add_argument("--scene-episodes", type=int, help="Meta-World: fresh expert episodes "
                    "rendered as the encoder's scenes (default 2000, one in 16 held out)")
+    p.add_argument("--init", type=Path, help="image checkpoint distilled from --lowdim: its "
+                   "encoder goes on training instead of starting from scratch")
+    p.add_argument("--rollouts", type=int, default=0, help="Meta-World: episodes of the camera "
+                   "policy itself (after the first --steps, or from --init) added to the scenes, "
+                   "labelled with the true state; the encoder then trains --steps more")
     p.add_argument("--steps", type=int, default=10000, help="encoder training steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -82,9 +82,11 @@ def test_refuses_a_checkpoint_that_is_not_the_low_dim_task(built, tmp_path):
         distill_image_policy(tmp_path / "img", demos, steps=1)
 
 
-def test_the_arm_refuses_meta_world_scene_episodes(built, tmp_path):
+def test_the_arm_refuses_meta_world_scene_episodes_and_rollouts(built, tmp_path):
     demos, _, _, _ = built
     low = build_initial(TrainConfig(model=dict(TINY)), demos, ArmTaskConfig())
     save_native(low, tmp_path / "low", weights_dtype=torch.float32)
     with pytest.raises(ValueError, match="scene_episodes is for Meta-World"):
         distill_image_policy(tmp_path / "low", demos, steps=1, scene_episodes=10)
+    with pytest.raises(ValueError, match="rollouts are for Meta-World"):
+        distill_image_policy(tmp_path / "low", demos, steps=1, rollouts=4)

@@ -3,6 +3,8 @@ one, its encoder trained on frames of fresh expert episodes."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,45 @@ def test_the_camera_features_see_the_hand_position(built):
         feats = image.obs_encoder(norm)
         raised = image.obs_encoder(dict(norm, proprio=norm["proprio"] + 0.5))
     assert not torch.allclose(feats[:, :64], raised[:, :64])
+
+
+def test_init_continues_from_the_given_encoder(built, tmp_path):
+    demos, folder, _, ckpt = built
+    first = save_native(ckpt, tmp_path / "first", weights_dtype=torch.float32)
+    again = distill_image_policy(folder, demos, steps=1, batch_size=2, lr=0.0, scene_episodes=2,
+                                 init=first, log=lambda *_: None)
+    encoder = {k: v for k, v in ckpt.tensors.items() if k.startswith("obs_encoder.")}
+    assert encoder and all(torch.equal(again.tensors[k], v) for k, v in encoder.items())
+    record = again.config["training"]["continued_from"]
+    assert record["checkpoint"] == str(first)
+    assert record["scene_encoder"] == ckpt.config["training"]["scene_encoder"]
+    stranger = replace(ckpt, config=dict(ckpt.config, source={"distilled_from": "elsewhere"}))
+    with pytest.raises(ValueError, match="was not distilled from"):
+        distill_image_policy(folder, demos, steps=1, scene_episodes=2,
+                             init=save_native(stranger, tmp_path / "other"))
+
+
+def test_rollouts_add_the_camera_policys_own_episodes_on_fresh_seeds(built):
+    """The encoder also learns from the camera policy's own episodes (misses and objects left
+    behind, which expert scenes rarely show), labelled with the simulator's state."""
+    demos, folder, _, _ = built
+    seen = []
+
+    def log(line):
+        seen.append(line)
+
+    image = distill_image_policy(folder, demos, steps=1, batch_size=2, scene_episodes=2,
+                                 rollouts=2, log=log)
+    training = image.config["training"]
+    rollouts = training["scene_encoder"]["scenes"]["rollouts"]
+    # after this run's scenes (SCENE_SEED, SCENE_SEED + 1): fresh starts, one held out
+    assert rollouts["reset_seeds"] == [SCENE_SEED + 2, SCENE_SEED + 3]
+    assert (rollouts["episodes"], rollouts["held_out_episodes"]) == (1, 1)
+    assert rollouts["method"] == "ddim:10" and 0.0 <= rollouts["success_rate"] <= 1.0
+    # an untrained policy runs to the 500-step limit: every third of its 501 observations
+    assert rollouts["frames"] in (166, 167) and rollouts["held_out_frames"] in (166, 167)
+    assert "rollouts" not in training["first_encoder"]["scenes"]  # the first encoder had none
+    assert set(training["scene_encoder"]["rollouts_held_out_error_mm"]) == {"object"}
+    assert any("held-out error (rollouts)" in line for line in seen)
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        distill_image_policy(folder, demos, steps=1, scene_episodes=2, rollouts=89_999)

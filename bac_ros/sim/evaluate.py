@@ -98,6 +98,10 @@ def policy_observation(policy: Policy, env: Env,
     return {k: (env.state() if k == "state" else obs[k]) for k in policy.obs_spec}
 
 
+#: ``(seed, step, observation, true state)``, called for every observation an episode makes
+Observer = Callable[[int, int, dict, np.ndarray], None]
+
+
 @dataclass
 class EpisodeResult:
     seed: int
@@ -112,22 +116,31 @@ class EpisodeResult:
 class _Episode:
     """One environment with its observation history (padded at the start, as in training)."""
 
-    def __init__(self, policy: Policy, task: Task, seed: int, images: bool):
-        self.policy, self.seed = policy, seed
+    def __init__(self, policy: Policy, task: Task, seed: int, images: bool,
+                 observer: Observer | None = None):
+        self.policy, self.seed, self.observer = policy, seed, observer
         self.env = make_env(task, images)
-        first = policy_observation(policy, self.env, self.env.reset(seed))
+        first = self._observed(self.env.reset(seed))
         self.history = deque([first] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
         self.info: dict = {"success": False, "collision": False, "effector_error": float("nan")}
-        self.chunks, self.latencies, self.done = 0, [], False
+        self.chunks, self.latencies, self.done, self.steps = 0, [], False, 0
+
+    def _observed(self, obs: dict) -> dict[str, np.ndarray]:
+        if self.observer is not None:
+            self.observer(self.seed, self.env.steps, obs, self.env.state())
+        return policy_observation(self.policy, self.env, obs)
 
     def window(self) -> dict[str, np.ndarray]:
         return {k: np.stack([h[k] for h in self.history]) for k in self.policy.obs_spec}
 
     def act(self, action: np.ndarray) -> None:
         obs, self.done, self.info = self.env.step(action)
-        self.history.append(policy_observation(self.policy, self.env, obs))
-        if self.done and hasattr(self.env, "close"):
-            self.env.close()  # a rendering context per finished episode would pile up
+        self.history.append(self._observed(obs))
+        if self.done:  # a finished episode keeps its result, not its simulator
+            self.steps = self.env.steps
+            if hasattr(self.env, "close"):
+                self.env.close()  # a rendering context per finished episode would pile up
+            self.env = None
 
     def hold(self) -> None:
         """One tick with no fresh action (the robot keeps its last command)."""
@@ -135,7 +148,7 @@ class _Episode:
 
     def result(self) -> EpisodeResult:
         return EpisodeResult(self.seed, bool(self.info["success"]), bool(self.info["collision"]),
-                             self.env.steps, self.chunks,
+                             self.steps, self.chunks,
                              float(np.mean(self.latencies) * 1e3) if self.latencies else 0.0,
                              float(self.info["effector_error"]))
 
@@ -305,6 +318,7 @@ def evaluate(
     execution: Execution = AT_END,
     lag_ticks: int = 0,
     clock: Callable[[], float] = time.perf_counter,
+    observer: Observer | None = None,
 ) -> dict:
     """Run ``episodes`` episodes with reset seeds ``seed .. seed + episodes - 1``.
 
@@ -314,7 +328,8 @@ def evaluate(
     result no longer depends on how busy the machine is while it runs. With live latency,
     ``execution`` is the node's replanning and seam rule, ``lag_ticks`` an extra delay per
     chunk, ``clock`` what latency is read from (a slowed, simulated one in tests), and the
-    report's ``realtime`` entry says what the executor saw.
+    report's ``realtime`` entry says what the executor saw. ``observer(seed, step, obs,
+    state)`` sees every observation of every episode (reset included) with the true state.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
@@ -330,7 +345,7 @@ def evaluate(
     if mode == "realtime" and latency_ms is None:
         eps, lines = [], []
         for i in range(episodes):  # one at a time: one rendering context alive
-            eps.append(_Episode(policy, task, seed + i, policy.reads_images))
+            eps.append(_Episode(policy, task, seed + i, policy.reads_images, observer))
             lines += _realtime(policy, eps[-1:], progress, execution, lag_ticks, clock)
         timeline = _timeline_report(execution, lag_ticks, lines)
     else:
@@ -338,7 +353,7 @@ def evaluate(
         # an episode's noise is its own, so running them in groups changes none of them
         group, eps = RENDER_GROUP if policy.reads_images else max(episodes, 1), []
         for start in range(0, episodes, group):
-            batch = [_Episode(policy, task, seed + i, policy.reads_images)
+            batch = [_Episode(policy, task, seed + i, policy.reads_images, observer)
                      for i in range(start, min(start + group, episodes))]
             _batched(policy, batch, progress, late)
             eps += batch
