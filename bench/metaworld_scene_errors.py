@@ -1,11 +1,19 @@
 """Where a distilled Meta-World camera policy loses the object: its encoder's position error on
-frames of held-out scene episodes, split by object on the table / lifted and hand near / far.
+frames of held-out scene episodes, split by object on the table / lifted and hand near / far;
+with ``--own-episodes``, on frames of the camera policy's own episodes, split by how each
+episode ended.
 
-    python bench/metaworld_scene_errors.py --image mw_pick_place_image \
+    python bench/metaworld_scene_errors.py --image checkpoints/metaworld_pick_place_image \
         --lowdim checkpoints/metaworld_pick_place_lowdim --episodes 20
+    python bench/metaworld_scene_errors.py --image checkpoints/metaworld_pick_place_image \
+        --lowdim checkpoints/metaworld_pick_place_lowdim --own-episodes 32 --method ddim:10
 
-The episodes are the distillation's held-out ones (reset seeds from bac_ros.train.distill's
-SCENE_SEED, the same noise and frame spacing).
+The scene episodes are the distillation's held-out ones (reset seeds from bac_ros.train.distill's
+SCENE_SEED, the same noise and frame spacing). Own episodes start at the evaluation seeds
+(``--seed``, default 100000: the first of the 200-seed table's) and keep every FRAME_EVERY-th
+frame. "found at the hand" is the median distance from the encoder's object to the hand, beside
+the true object's: when the encoder puts the object at the hand, the first is small, the
+second not.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import numpy as np
 import torch
 
 from bac_ros.policy.factory import load_policy
+from bac_ros.sim.evaluate import evaluate
 from bac_ros.sim.metaworld import scene_frames
 from bac_ros.sim.tasks import task_of
 from bac_ros.train import distill
@@ -24,28 +33,63 @@ LIFTED_Z = 0.04  # m: object centre above this counts as lifted (it rests at abo
 NEAR_M = 0.05  # hand within this of the object
 
 
+def own_frames(image, method: str, episodes: int, seed: int):
+    """Frames, true states and each frame's episode outcome along the policy's own episodes."""
+    frames, states, seeds = [], [], []
+
+    def observe(episode_seed, step, obs, state):
+        if step % distill.FRAME_EVERY == 0:
+            frames.append(obs["image"])
+            states.append(state)
+            seeds.append(episode_seed)
+
+    report = evaluate(image, method, episodes, seed, observer=observe)
+    won = {r["seed"]: r["success"] for r in report["per_episode"]}
+    print(f"{method}: {report['success_rate']:.1%} of {episodes} episodes from seed {seed}")
+    return np.stack(frames), np.stack(states), np.array([won[s] for s in seeds])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", required=True, help="distilled camera checkpoint")
     ap.add_argument("--lowdim", required=True, help="the low-dim checkpoint it came from")
-    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--episodes", type=int, default=20, help="held-out scene episodes")
+    ap.add_argument("--own-episodes", type=int, help="instead: the camera policy's own episodes")
+    ap.add_argument("--method", default="ddim:10", help="what the own episodes sample with")
+    ap.add_argument("--seed", type=int, default=distill.EVAL_SEED, help="first own episode")
     args = ap.parse_args(argv)
     image = load_policy(args.image, device="cpu")
     low = load_policy(args.lowdim, device="cpu")
     layout = distill.state_layout(low)
     targets = distill.SceneTargets(low, layout)
-    frames, states = scene_frames(task_of(low), distill.SCENE_SEED + np.arange(args.episodes),
-                                  distill.SCENE_NOISE, distill.FRAME_EVERY)
+    if args.own_episodes:
+        frames, states, won = own_frames(image, args.method, args.own_episodes, args.seed)
+        outcomes = (("succeeded", won), ("failed", ~won))
+    else:
+        frames, states = scene_frames(task_of(low), distill.SCENE_SEED + np.arange(args.episodes),
+                                      distill.SCENE_NOISE, distill.FRAME_EVERY)
+        outcomes = (("", np.ones(len(states), bool)),)
     feats = distill.encoder_features(image, layout, frames, states)[:, :len(targets.cols)]
-    err = targets.errors(feats, torch.as_tensor(states))["object"]
+    st = torch.as_tensor(states)
+    err = targets.errors(feats, st)["object"]
+    pos = [targets.cols.index(c) for c in layout.groups["object"][0]]
+    found = states[:, 4:7] + ((feats - targets(st)) / targets.scale)[:, pos].numpy()
+    to_hand = np.linalg.norm(found - states[:, 0:3], axis=1) * 1e3
+    true_to_hand = np.linalg.norm(states[:, 4:7] - states[:, 0:3], axis=1) * 1e3
     lifted = states[:, 6] > LIFTED_Z
-    near = np.linalg.norm(states[:, 0:3] - states[:, 4:7], axis=1) < NEAR_M
-    print("| frames | n | median (mm) | p95 (mm) |\n|---|---:|---:|---:|")
-    for name, m in (("all", np.ones(len(err), bool)), ("object on the table", ~lifted),
-                    ("object lifted", lifted), ("hand within 5 cm", near),
-                    ("hand further", ~near)):
-        print(f"| {name} | {m.sum()} | {np.median(err[m]):.1f} | {np.percentile(err[m], 95):.1f} |")
+    near = true_to_hand < NEAR_M * 1e3
+    print("| episodes | frames | n | median (mm) | p95 (mm) | found at the hand: found, true "
+          "(median mm) |\n|---|---|---:|---:|---:|---:|")
+    for outcome, mask in outcomes:
+        for name, m in (("all", np.ones(len(err), bool)), ("object on the table", ~lifted),
+                        ("object lifted", lifted), ("hand within 5 cm", near),
+                        ("on the table, hand further", ~lifted & ~near)):
+            m = m & mask
+            if m.any():
+                print(f"| {outcome} | {name} | {m.sum()} | {np.median(err[m]):.1f} | "
+                      f"{np.percentile(err[m], 95):.1f} | {np.median(to_hand[m]):.0f}, "
+                      f"{np.median(true_to_hand[m]):.0f} |")
     return 0
 
 
