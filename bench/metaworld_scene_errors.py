@@ -11,9 +11,8 @@ episode ended.
 The scene episodes are the distillation's held-out ones (reset seeds from bac_ros.train.distill's
 SCENE_SEED, the same noise and frame spacing). Own episodes start at the evaluation seeds
 (``--seed``, default 100000: the first of the 200-seed table's) and keep every FRAME_EVERY-th
-frame. "found at the hand" is the median distance from the encoder's object to the hand, beside
-the true object's: when the encoder puts the object at the hand, the first is small, the
-second not.
+frame. The last column: the median distance from the encoder's object to the hand, beside the
+true object's; an encoder that moves the object with the hand makes the first the smaller.
 """
 
 from __future__ import annotations
@@ -54,19 +53,31 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", required=True, help="distilled camera checkpoint")
     ap.add_argument("--lowdim", required=True, help="the low-dim checkpoint it came from")
-    ap.add_argument("--episodes", type=int, default=20, help="held-out scene episodes")
+    ap.add_argument("--episodes", type=int, help="held-out scene episodes (default 20)")
     ap.add_argument("--own-episodes", type=int, help="instead: the camera policy's own episodes")
-    ap.add_argument("--method", default="ddim:10", help="what the own episodes sample with")
-    ap.add_argument("--seed", type=int, default=distill.EVAL_SEED, help="first own episode")
+    ap.add_argument("--method", help="what the own episodes sample with (default ddim:10)")
+    ap.add_argument("--seed", type=int, help=f"first own episode (default {distill.EVAL_SEED})")
     args = ap.parse_args(argv)
+    if args.own_episodes is None:
+        if args.method is not None or args.seed is not None:
+            ap.error("--method and --seed set the camera policy's own episodes; add "
+                     "--own-episodes N")
+        args.episodes = 20 if args.episodes is None else args.episodes
+    elif args.episodes is not None or args.own_episodes < 1:
+        ap.error("--own-episodes takes the place of --episodes, and needs at least 1 episode")
     image = load_policy(args.image, device="cpu")
     low = load_policy(args.lowdim, device="cpu")
     layout = distill.state_layout(low)
     targets = distill.SceneTargets(low, layout)
     if args.own_episodes:
-        frames, states, won = own_frames(image, args.method, args.own_episodes, args.seed)
+        frames, states, won = own_frames(image, args.method or "ddim:10", args.own_episodes,
+                                         distill.EVAL_SEED if args.seed is None else args.seed)
         outcomes = (("succeeded", won), ("failed", ~won))
     else:
+        held = image.config["training"]["scene_encoder"]["scenes"]["held_out_episodes"]
+        if args.episodes > held:
+            ap.error(f"{args.image} held out its first {held} scene episodes; --episodes "
+                     f"{args.episodes} would count scenes it trained on")
         frames, states = scene_frames(task_of(low), distill.SCENE_SEED + np.arange(args.episodes),
                                       distill.SCENE_NOISE, distill.FRAME_EVERY)
         outcomes = (("", np.ones(len(states), bool)),)
@@ -79,8 +90,8 @@ def main(argv=None) -> int:
     true_to_hand = np.linalg.norm(states[:, 4:7] - states[:, 0:3], axis=1) * 1e3
     lifted = states[:, 6] > LIFTED_Z
     near = true_to_hand < NEAR_M * 1e3
-    print("| episodes | frames | n | median (mm) | p95 (mm) | found at the hand: found, true "
-          "(median mm) |\n|---|---|---:|---:|---:|---:|")
+    print("| episodes | frames | n | median (mm) | p95 (mm) | encoder's object to the hand, true "
+          "object to the hand (median mm) |\n|---|---|---:|---:|---:|---:|")
     for outcome, mask in outcomes:
         for name, m in (("all", np.ones(len(err), bool)), ("object on the table", ~lifted),
                         ("object lifted", lifted), ("hand within 5 cm", near),

@@ -21,7 +21,12 @@ from bac_ros.sim.metaworld import (
     rollout_expert,
     scene_frames,
 )
-from bac_ros.train.distill import SCENE_SEED, SceneTargets, distill_image_policy
+from bac_ros.train.distill import (
+    SCENE_SEED,
+    SceneTargets,
+    distill_image_policy,
+    rollout_seeds,
+)
 from bac_ros.train.train import TrainConfig, build_initial, task_spec
 
 PICK = MetaWorldTaskConfig(task="pick-place")
@@ -157,10 +162,31 @@ def test_init_continues_from_the_given_encoder(built, tmp_path):
     record = again.config["training"]["continued_from"]
     assert record["checkpoint"] == str(first)
     assert record["scene_encoder"] == ckpt.config["training"]["scene_encoder"]
-    stranger = replace(ckpt, config=dict(ckpt.config, source={"distilled_from": "elsewhere"}))
-    with pytest.raises(ValueError, match="was not distilled from"):
-        distill_image_policy(folder, demos, steps=1, scene_episodes=2,
-                             init=save_native(stranger, tmp_path / "other"))
+    assert again.config["training"]["scene_encoder"]["steps"] == 1  # then it trained on
+    other = {"distilled_from": str(folder), "lowdim_training": {"steps": 1}}
+    for config, refusal in ((dict(ckpt.config, source=other), "was not distilled from"),
+                            (dict(ckpt.config, obs_encoder=dict(ckpt.config["obs_encoder"],
+                                                                condition_hidden=8)),
+                             "configured otherwise")):
+        with pytest.raises(ValueError, match=refusal):
+            distill_image_policy(folder, demos, steps=1, scene_episodes=2,
+                                 init=save_native(replace(ckpt, config=config), tmp_path / "x"))
+    # init held out its first scene episode; 32 scenes would hold out two, one of them trained on
+    with pytest.raises(ValueError, match="scene_episodes must be below 32"):
+        distill_image_policy(folder, demos, steps=1, scene_episodes=32, init=first)
+
+
+def test_rollout_seeds_follow_every_seed_the_encoder_trained_on():
+    prior = {"scenes": {"reset_seeds": [SCENE_SEED, SCENE_SEED + 1999],
+                        "rollouts": {"reset_seeds": [SCENE_SEED + 2000, SCENE_SEED + 2159]}}}
+    assert list(rollout_seeds(3, 1000, prior, [])) == [SCENE_SEED + 2160 + i for i in range(3)]
+    assert list(rollout_seeds(2, 5, None, [])) == [SCENE_SEED + 5, SCENE_SEED + 6]
+    with pytest.raises(ValueError, match="re-use"):
+        rollout_seeds(4, 2, None, [SCENE_SEED + 3])
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        rollout_seeds(89_999, 2, None, [])
+    with pytest.raises(ValueError, match="at least 2"):
+        rollout_seeds(1, 2, None, [])
 
 
 def test_rollouts_add_the_camera_policys_own_episodes_on_fresh_seeds(built):
@@ -185,5 +211,6 @@ def test_rollouts_add_the_camera_policys_own_episodes_on_fresh_seeds(built):
     assert "rollouts" not in training["first_encoder"]["scenes"]  # the first encoder had none
     assert set(training["scene_encoder"]["rollouts_held_out_error_mm"]) == {"object"}
     assert any("held-out error (rollouts)" in line for line in seen)
-    with pytest.raises(ValueError, match="evaluation seeds"):
-        distill_image_policy(folder, demos, steps=1, scene_episodes=2, rollouts=89_999)
+    with pytest.raises(ValueError, match="evaluation seeds"):  # before any rendering
+        distill_image_policy(folder, demos, steps=1, scene_episodes=2, rollouts=89_999,
+                             log=pytest.fail)

@@ -42,7 +42,6 @@ from tqdm import tqdm
 
 from bac_ros.models.normalizer import RANGE_EPS
 from bac_ros.policy.checkpoint import Checkpoint, load_native
-from bac_ros.policy.loading import load_weights
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.timing import device_label
 from bac_ros.sim import metaworld
@@ -160,14 +159,7 @@ class MetaWorldScenes:
         if episodes < 2:
             raise ValueError(f"scene_episodes must be at least 2 (one is held out), got {episodes}")
         seeds = SCENE_SEED + np.arange(episodes)
-        if seeds[-1] >= EVAL_SEED:
-            raise ValueError(f"scene_episodes {episodes} would reach the evaluation seeds "
-                             f"({EVAL_SEED} on); use at most {EVAL_SEED - SCENE_SEED}")
-        shared = sorted(set(seeds.tolist()) & {int(s) for s in demo_seeds})
-        if shared:
-            raise ValueError(f"the demonstrations use reset seeds {shared[:5]} that the "
-                             f"encoder's scenes ({SCENE_SEED} on) would re-use; record them "
-                             f"from seeds below {SCENE_SEED}")
+        _fresh(seeds, demo_seeds, f"the encoder's {episodes} scene episodes")
         n_held = max(1, episodes // HELD_OUT_EVERY)
         t0 = time.perf_counter()
         with tqdm(total=episodes, desc="render scenes", unit="ep") as bar:
@@ -175,7 +167,6 @@ class MetaWorldScenes:
                                                               FRAME_EVERY, bar.update)}
             self.images, self.states = metaworld.scene_frames(
                 task, seeds[n_held:], SCENE_NOISE, FRAME_EVERY, bar.update)
-        self.next_seed = int(seeds[-1]) + 1
         self.record = {"episodes": episodes - n_held, "frames": len(self.images),
                        "held_out_episodes": n_held,
                        "held_out_frames": len(self.held_out["expert"][0]),
@@ -185,25 +176,17 @@ class MetaWorldScenes:
         log(f"rendered {len(self.images)} training and {self.record['held_out_frames']} "
             f"held-out frames from {episodes} episodes in {self.record['render_seconds']:.0f} s")
 
-    def add_rollouts(self, policy: Policy, episodes: int) -> None:
-        """Frames along ``episodes`` of the camera ``policy``'s own episodes (``ROLLOUT_METHOD``)
-        on the next fresh reset seeds, labelled with the simulator's state: its misses, slips
-        and objects left behind, which expert episodes rarely show. An encoder fed the hand's
-        position learns from those that a carried object sits at the hand; when a grasp
-        misses it then moves the object away with the hand, and the policy carries nothing to
-        the goal (DAgger, for the encoder alone). One episode in 16 is held out."""
-        if episodes < 2:
-            raise ValueError(f"rollouts must be at least 2 (one is held out), got {episodes}")
-        seeds = self.next_seed + np.arange(episodes)
-        if seeds[-1] >= EVAL_SEED:
-            raise ValueError(f"{episodes} rollouts after the scenes would reach the evaluation "
-                             f"seeds ({EVAL_SEED} on); use at most {EVAL_SEED - seeds[0]}")
+    def add_rollouts(self, policy: Policy, seeds: np.ndarray) -> None:
+        """Frames along the camera ``policy``'s own episodes (``ROLLOUT_METHOD``) from reset
+        ``seeds`` (consecutive, from :func:`rollout_seeds`), labelled with the simulator's
+        state: its misses, slips and objects left behind, which expert episodes rarely show
+        (DAgger, for the encoder alone). One episode in 16 is held out."""
+        episodes = len(seeds)
         n_held = max(1, episodes // HELD_OUT_EVERY)
         frames = {True: ([], []), False: ([], [])}  # held out?
 
         def observe(seed: int, step: int, obs: dict, state: np.ndarray) -> None:
-            draw = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-            if step % FRAME_EVERY == draw.integers(FRAME_EVERY):
+            if step % FRAME_EVERY == seed % FRAME_EVERY:  # a phase per episode
                 images, states = frames[seed < seeds[n_held]]
                 images.append(obs["image"])
                 states.append(state)
@@ -215,7 +198,6 @@ class MetaWorldScenes:
         self.held_out["rollouts"] = tuple(np.stack(x) for x in frames[True])
         self.images = np.concatenate([self.images, np.stack(frames[False][0])])
         self.states = np.concatenate([self.states, np.stack(frames[False][1])])
-        self.next_seed = int(seeds[-1]) + 1
         self.record["rollouts"] = {
             "episodes": episodes - n_held, "frames": len(frames[False][0]),
             "held_out_episodes": n_held, "held_out_frames": len(frames[True][0]),
@@ -228,6 +210,31 @@ class MetaWorldScenes:
     def batch(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         rows = rng.integers(len(self.images), size=n)
         return self.images[rows], self.states[rows]
+
+
+def _fresh(seeds: np.ndarray, demo_seeds, what: str) -> None:
+    """Refuse reset ``seeds`` that reach the evaluation seeds or re-use a demonstration's."""
+    if seeds[-1] >= EVAL_SEED:
+        raise ValueError(f"{what} would reach the evaluation seeds ({EVAL_SEED} on); use at "
+                         f"most {EVAL_SEED - seeds[0]}")
+    shared = sorted(set(seeds.tolist()) & {int(s) for s in demo_seeds})
+    if shared:
+        raise ValueError(f"the demonstrations use reset seeds {shared[:5]} that {what} would "
+                         f"re-use ({seeds[0]} on); record them from seeds below {SCENE_SEED}")
+
+
+def rollout_seeds(episodes: int, scene_episodes: int, prior: dict | None,
+                  demo_seeds) -> np.ndarray:
+    """Reset seeds for ``episodes`` rollouts: after this run's scenes and after every seed the
+    ``prior`` encoder's record (``init``) says it trained on, off the demonstrations."""
+    if episodes < 2:
+        raise ValueError(f"rollouts must be at least 2 (one is held out), got {episodes}")
+    record = (prior or {}).get("scenes", {})
+    used = [SCENE_SEED + scene_episodes - 1]
+    used += [r["reset_seeds"][1] for r in (record, record.get("rollouts", {})) if r]
+    seeds = max(used) + 1 + np.arange(episodes)
+    _fresh(seeds, demo_seeds, f"{episodes} rollouts")
+    return seeds
 
 
 class SceneTargets:
@@ -306,7 +313,7 @@ def train_scene_encoder(policy: Policy, targets: SceneTargets, scenes, steps: in
             bar.set_postfix(loss=f"{loss.item():.2e}")
     bar.close()
     encoder.eval()
-    stats = {"steps": steps, "batch_size": batch_size, "lr": lr,
+    stats = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
              "seconds": round(time.perf_counter() - t0, 1)}
     for i, (source, (images, states)) in enumerate(scenes.held_out.items()):
         errors = targets.errors(encoder_features(policy, layout, images, states)[:, :n],
@@ -431,14 +438,18 @@ def distill_image_policy(lowdim: str | Path, data: dict | None, steps: int, batc
     image = build_initial(TrainConfig(variant="image", model=model, seed=seed),
                           _limits(low, layout), task_spec(task, "image"))
     _transfer_normalizer(low, image, layout)
+    prior = None if init is None else _initial_encoder(init, low, image)
     policy = Policy(image, device="cpu")
     if mw:
         if data is not None and "episode_seeds" not in data:
             raise ValueError("the demonstrations list no episode_seeds, so the encoder's scenes "
                              "cannot be kept off them; record them with bac demos --task ...")
-        scenes = MetaWorldScenes(task, SCENE_EPISODES if scene_episodes is None else
-                                 scene_episodes, [] if data is None else data["episode_seeds"],
-                                 log)
+        n_scenes = SCENE_EPISODES if scene_episodes is None else scene_episodes
+        demo_seeds = [] if data is None else data["episode_seeds"]
+        if prior is not None:
+            _same_held_out(prior, n_scenes, init)
+        seeds = rollout_seeds(rollouts, n_scenes, prior, demo_seeds) if rollouts else None
+        scenes = MetaWorldScenes(task, n_scenes, demo_seeds, log)
     else:
         if scene_episodes is not None:
             raise ValueError("scene_episodes is for Meta-World tasks; the arm draws new scenes "
@@ -449,17 +460,14 @@ def distill_image_policy(lowdim: str | Path, data: dict | None, steps: int, batc
     targets = SceneTargets(Policy(low, device="cpu"), layout)
     training = {"variant": "image", "method": "distilled (bac distill)", "seed": seed,
                 "device": device_label(policy.device)}
-    if init is not None:
-        first = _initial_encoder(init, lowdim, image)
-        training["continued_from"] = {"checkpoint": str(init), "scene_encoder": first}
-        load_weights(policy.obs_encoder, image.section("obs_encoder"), "obs_encoder")
+    if prior is not None:  # the encoder (in ``policy``, built from ``image``) is init's
+        first = prior
+        training["continued_from"] = {"checkpoint": str(init), "scene_encoder": prior}
     else:
         first = train_scene_encoder(policy, targets, scenes, steps, batch_size, lr, seed, log)
     _store_encoder(low, image, policy, layout)
     if rollouts:
-        used = first.get("scenes", {}).get("reset_seeds", [0, 0])[1]  # fresh starts after init's
-        scenes.next_seed = max(scenes.next_seed, used + 1)
-        scenes.add_rollouts(Policy(image, device="cpu"), rollouts)
+        scenes.add_rollouts(Policy(image, device="cpu"), seeds)
     if rollouts or init is not None:
         if rollouts and init is None:
             training["first_encoder"] = first
@@ -482,14 +490,15 @@ def _store_encoder(low: Checkpoint, image: Checkpoint, policy: Policy,
     _transfer_transformer(low, image, policy, layout)
 
 
-def _initial_encoder(init: str | Path, lowdim: str | Path, image: Checkpoint) -> dict:
-    """Copy the encoder of ``init``, an image checkpoint distilled from ``lowdim`` with the same
+def _initial_encoder(init: str | Path, low: Checkpoint, image: Checkpoint) -> dict:
+    """Copy the encoder of ``init``, an image checkpoint distilled from ``low`` with the same
     encoder, into ``image``; returns the record of its training."""
     prior = load_native(init)
-    source = prior.config.get("source", {}).get("distilled_from")
-    if source is None or Path(source).resolve() != Path(lowdim).resolve():
-        raise ValueError(f"{init} was not distilled from {lowdim} (its source: {source}); "
-                         "expected an image checkpoint that bac distill made from it")
+    source = prior.config.get("source", {})
+    if "lowdim_training" not in source or source["lowdim_training"] != low.config.get("training"):
+        raise ValueError(f"{init} was not distilled from this low-dim checkpoint (its source: "
+                         f"{source.get('distilled_from')}); expected an image checkpoint that "
+                         "bac distill made from it")
     if prior.config.get("obs_encoder") != image.config.get("obs_encoder"):
         raise ValueError(f"{init}'s observation encoder is configured otherwise than the one "
                          "this distillation builds; expected the same obs_encoder config")
@@ -497,6 +506,16 @@ def _initial_encoder(init: str | Path, lowdim: str | Path, image: Checkpoint) ->
         if key.startswith("obs_encoder."):
             image.tensors[key] = value.float()
     return prior.config.get("training", {}).get("scene_encoder", {})
+
+
+def _same_held_out(prior: dict, episodes: int, init) -> None:
+    """Refuse scenes whose held-out episodes (the first scene seeds) would include ones
+    ``init``'s encoder trained on."""
+    held = prior.get("scenes", {}).get("held_out_episodes")
+    if held is not None and max(1, episodes // HELD_OUT_EVERY) > held:
+        raise ValueError(f"with init {init}, scene_episodes must be below "
+                         f"{(held + 1) * HELD_OUT_EVERY}: more would hold out scenes its "
+                         f"encoder trained on (it held out the first {held})")
 
 
 def _task(low: Checkpoint, lowdim, task: Task | None) -> Task:
