@@ -116,6 +116,24 @@ def test_finished_episodes_leave_the_cpu_batch(tiny, monkeypatch):
     assert sizes[0] == 5 and sizes[-1] < 5
 
 
+@pytest.mark.parametrize("mode", ["lockstep", "realtime"])
+def test_the_observer_sees_every_observation_with_its_true_state(tiny, mode):
+    """What ``bac distill --rollouts`` learns from: each episode's observations, reset included,
+    in order, each with the state the simulator was in."""
+    policy = Policy.from_pretrained(tiny, device="cpu")
+    seen = []
+    report = evaluate(policy, "full", 3, 100_002, mode, task=TASK,
+                      observer=lambda *a: seen.append(a))
+    for episode in report["per_episode"]:
+        mine = [(step, obs, state) for seed, step, obs, state in seen if seed == episode["seed"]]
+        assert [step for step, *_ in mine] == list(range(episode["steps"] + 1))
+        env = ArmEnv(TASK)
+        first = env.reset(episode["seed"])
+        np.testing.assert_array_equal(mine[0][2], env.state())
+        np.testing.assert_array_equal(mine[0][1]["joints"], first["joints"])
+    assert len({state.tobytes() for *_, state in seen}) > len(report["per_episode"])  # they move
+
+
 def test_rendering_episodes_run_in_groups_with_the_same_outcomes(tmp_path, monkeypatch):
     """A camera policy's episodes each hold a rendering context, so they run RENDER_GROUP at a
     time; an episode's noise is its own, so its outcome is the one it has in a single batch."""
