@@ -84,10 +84,10 @@ def main(argv=None) -> int:
     feats = distill.encoder_features(image, layout, frames, states)[:, :len(targets.cols)]
     st = torch.as_tensor(states)
     err = targets.errors(feats, st)["object"]
-    pos = [targets.cols.index(c) for c in layout.groups["object"][0]]
-    found = states[:, 4:7] + ((feats - targets(st)) / targets.scale)[:, pos].numpy()
-    to_hand = np.linalg.norm(found - states[:, 0:3], axis=1) * 1e3
-    true_to_hand = np.linalg.norm(states[:, 4:7] - states[:, 0:3], axis=1) * 1e3
+    cols = list(layout.groups["object"][0])
+    delta = ((feats - targets(st)) / targets.scale)[:, [targets.cols.index(c) for c in cols]]
+    to_hand = np.linalg.norm(states[:, cols] + delta.numpy() - states[:, 0:3], axis=1) * 1e3
+    true_to_hand = np.linalg.norm(states[:, cols] - states[:, 0:3], axis=1) * 1e3
     lifted = states[:, 6] > LIFTED_Z
     near = true_to_hand < NEAR_M * 1e3
     print("| episodes | frames | n | median (mm) | p95 (mm) | encoder's object to the hand, true "

@@ -194,12 +194,8 @@ def test_rollouts_add_the_camera_policys_own_episodes_on_fresh_seeds(built):
     behind, which expert scenes rarely show), labelled with the simulator's state."""
     demos, folder, _, _ = built
     seen = []
-
-    def log(line):
-        seen.append(line)
-
     image = distill_image_policy(folder, demos, steps=1, batch_size=2, scene_episodes=2,
-                                 rollouts=2, log=log)
+                                 rollouts=2, log=seen.append)
     training = image.config["training"]
     rollouts = training["scene_encoder"]["scenes"]["rollouts"]
     # after this run's scenes (SCENE_SEED, SCENE_SEED + 1): fresh starts, one held out

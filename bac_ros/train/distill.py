@@ -461,20 +461,19 @@ def distill_image_policy(lowdim: str | Path, data: dict | None, steps: int, batc
     training = {"variant": "image", "method": "distilled (bac distill)", "seed": seed,
                 "device": device_label(policy.device)}
     if prior is not None:  # the encoder (in ``policy``, built from ``image``) is init's
-        first = prior
         training["continued_from"] = {"checkpoint": str(init), "scene_encoder": prior}
     else:
-        first = train_scene_encoder(policy, targets, scenes, steps, batch_size, lr, seed, log)
-    _store_encoder(low, image, policy, layout)
+        stats = train_scene_encoder(policy, targets, scenes, steps, batch_size, lr, seed, log)
     if rollouts:
+        if prior is None:
+            training["first_encoder"] = stats
+        _store_encoder(low, image, policy, layout)  # the camera policy that rolls out
         scenes.add_rollouts(Policy(image, device="cpu"), seeds)
-    if rollouts or init is not None:
-        if rollouts and init is None:
-            training["first_encoder"] = first
-        first = train_scene_encoder(policy, targets, scenes, steps, batch_size, lr, seed + 1,
+    if rollouts or prior is not None:
+        stats = train_scene_encoder(policy, targets, scenes, steps, batch_size, lr, seed + 1,
                                     log)
-        _store_encoder(low, image, policy, layout)
-    training["scene_encoder"] = first
+    _store_encoder(low, image, policy, layout)
+    training["scene_encoder"] = stats
     image.config["source"] = {"distilled_from": str(lowdim),
                               "lowdim_training": low.config.get("training")}
     image.config["training"] = training
