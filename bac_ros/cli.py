@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -229,6 +230,11 @@ def _record(args) -> int:
     from bac_ros.sim.record import record_expert_bag
 
     task = _metaworld_task(args.task)  # None: the arm
+    if args.camera is not None:
+        if task is None or args.no_images:
+            raise ValueError("--camera picks the Meta-World camera of the recorded images; "
+                             "expected a metaworld:TASK with images")
+        task = dataclasses.replace(task, camera=args.camera)
     out = record_expert_bag(_output(args.out), args.episodes, args.seed, args.storage,
                             images=not args.no_images, task=task)
     print(f"wrote {out} ({args.storage}, {args.episodes} expert episodes"
@@ -253,7 +259,7 @@ def _distill(args) -> int:
         data = None if metaworld else generate_demos(args.episodes or 200, seed=0)
     ckpt = distill_image_policy(args.lowdim, data, args.steps, args.batch_size, args.lr,
                                 args.seed, scene_episodes=args.scene_episodes, init=args.init,
-                                rollouts=args.rollouts)
+                                rollouts=args.rollouts, camera=args.camera)
     save_native(ckpt, args.out)
     print(f"wrote {args.out}")
     return 0
@@ -463,6 +469,8 @@ def _record_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
     p.add_argument("--no-images", action="store_true")
+    p.add_argument("--camera", help="Meta-World: the MuJoCo camera recorded on image "
+                   "(default corner; a camera policy's schedule needs its own camera's frames)")
     p.set_defaults(func=_record)
 
 
@@ -481,6 +489,8 @@ def _distill_parser(sub) -> None:
     p.add_argument("--rollouts", type=int, default=0, help="Meta-World: episodes of the camera "
                    "policy itself (after the first --steps, or from --init) added to the scenes, "
                    "labelled with the true state; the encoder then trains --steps more")
+    p.add_argument("--camera", help="Meta-World: the MuJoCo camera the policy sees through "
+                   "(default corner; gripperPOV is the wrist camera)")
     p.add_argument("--steps", type=int, default=10000, help="encoder training steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -2,6 +2,9 @@
 
     ros2 launch bac_ros metaworld_demo.launch.py task:=metaworld:drawer-open mode:=lockstep
 
+A camera policy needs its frames from the camera its checkpoint records (task.camera), e.g.
+``task:=metaworld:pick-place images:=true camera:=gripperPOV checkpoint:=...``.
+
 The policy's actions are end-effector deltas + gripper: the policy node publishes action_chunk
 only (no joint_trajectory), which sim_node executes as a Cartesian controller would.
 """
@@ -33,6 +36,10 @@ def generate_launch_description():
         DeclareLaunchArgument("schedule", default_value=""),
         DeclareLaunchArgument("mode", default_value="lockstep", description="realtime | lockstep"),
         DeclareLaunchArgument("episodes", default_value="10"),
+        DeclareLaunchArgument("images", default_value="false",
+                              description="render camera frames (a camera policy needs them)"),
+        DeclareLaunchArgument("camera", default_value="",
+                              description="with images: the MuJoCo camera (empty: corner)"),
         DeclareLaunchArgument("device", default_value="auto"),
         DeclareLaunchArgument("seam", default_value="inpaint",
                               description="realtime: none | inpaint | blend (lockstep: none, "
@@ -43,7 +50,8 @@ def generate_launch_description():
         Node(package=PACKAGE, executable=SIM_EXECUTABLE, name="bac_sim", output="screen",
              parameters=[os.path.join(share, SIM_PARAMS_FILE),
                          {"task": arg("task"), "mode": arg("mode"), "episodes": arg("episodes"),
-                          "images": False}]),
+                          "images": PythonExpression(["'", arg("images"), "' == 'true'"]),
+                          "camera": arg("camera")}]),
         Node(package=PACKAGE, executable=POLICY_EXECUTABLE, name="bac_policy", output="screen",
              parameters=[os.path.join(share, POLICY_PARAMS_FILE), {
                  "checkpoint": arg("checkpoint"),

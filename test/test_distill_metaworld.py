@@ -21,6 +21,7 @@ from bac_ros.sim.metaworld import (
     rollout_expert,
     scene_frames,
 )
+from bac_ros.sim.tasks import task_of
 from bac_ros.train.distill import (
     SCENE_SEED,
     SceneTargets,
@@ -134,6 +135,24 @@ def test_cli_distills_a_metaworld_checkpoint(built, tmp_path, capsys):
     assert main(["distill", "--lowdim", str(folder), "--scene-episodes", "2", "--steps", "1",
                  "--batch-size", "2", "--out", str(out)]) == 0
     assert set(Policy.from_pretrained(out, device="cpu").obs_spec) == {"image", "proprio", "goal"}
+
+
+def test_a_chosen_camera_is_the_one_the_policy_is_trained_and_evaluated_with(built, tmp_path):
+    """``camera`` picks the view: the scenes render it, the checkpoint records it (so evaluation
+    and sim_node render it too), an encoder of another view cannot be continued, and a camera
+    the model does not have is refused before any work."""
+    demos, folder, _, ckpt = built
+    wrist = distill_image_policy(folder, demos, steps=1, batch_size=2, scene_episodes=2,
+                                 camera="gripperPOV", log=lambda *_: None)
+    assert wrist.config["task"]["camera"] == "gripperPOV"
+    assert ckpt.config["task"]["camera"] == "corner"
+    assert task_of(wrist) == replace(PICK, camera="gripperPOV")
+    corner = save_native(ckpt, tmp_path / "corner", weights_dtype=torch.float32)
+    with pytest.raises(ValueError, match="same camera"):
+        distill_image_policy(folder, demos, steps=1, scene_episodes=2, init=corner,
+                             camera="gripperPOV")
+    with pytest.raises(ValueError, match="camera 'wrist' is not in the pick-place model"):
+        distill_image_policy(folder, demos, steps=1, scene_episodes=2, camera="wrist")
 
 
 def test_the_camera_features_see_the_hand_position(built):

@@ -107,6 +107,26 @@ def test_camera_frame_shows_the_arm_upright():
     env.close()
 
 
+def test_the_wrist_camera_sees_the_object_the_corner_camera_barely_does():
+    """``camera`` takes effect: pick-place's object, painted magenta, covers a few pixels of the
+    corner view and many of the wrist camera's (gripperPOV); a camera the model lacks is
+    refused."""
+    pixels = {}
+    for camera in ("corner", "gripperPOV"):
+        env = MetaWorldEnv(MetaWorldTaskConfig(task="pick-place", camera=camera),
+                           render_images=True)
+        model = env._env.model  # private: MetaWorldEnv exposes no MuJoCo model to repaint
+        puck = [g for g in range(model.ngeom) if model.geom_bodyid[g] == model.body("obj").id]
+        model.geom_matid[puck], model.geom_rgba[puck] = -1, [1, 0, 1, 1]  # no texture over it
+        img = env.reset(100_000)["image"]
+        magenta = (img[..., 0] > 150) & (img[..., 1] < 80) & (img[..., 2] > 150)
+        pixels[camera] = int(magenta.sum())
+        env.close()
+    assert 0 < pixels["corner"] < 30 and pixels["gripperPOV"] > 3 * pixels["corner"]
+    with pytest.raises(ValueError, match="camera 'wrist' is not in the pick-place model"):
+        MetaWorldEnv(MetaWorldTaskConfig(task="pick-place", camera="wrist"))
+
+
 def test_first_frame_draws_this_episodes_goal():
     """Meta-World places the goal marker after its last kinematics pass; the reset frame must
     show it where this episode's goal is (a 2-3 px sphere), not where the last start put it."""

@@ -261,6 +261,29 @@ def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
     assert len(sim.chunk_arrivals) >= result["steps"] // 4
 
 
+def test_sim_node_camera_takes_effect_or_is_refused(ros):
+    """``camera`` selects the Meta-World view it renders; with the arm (one view) or without
+    images (nothing rendered) it would mean nothing, so it is refused."""
+    from bac_ros.nodes.sim_node import SimNode
+
+    sim = SimNode(parameter_overrides=[Parameter("task", value="metaworld:pick-place"),
+                                       Parameter("camera", value="gripperPOV")])
+    try:
+        assert sim.env.config.camera == "gripperPOV"
+        assert sim.env.reset(100_000)["image"].shape == (96, 96, 3)
+    finally:
+        sim.env.close()
+        sim.destroy_node()
+    for overrides, refusal in (([], "the arm renders one view"),
+                               ([Parameter("task", value="metaworld:pick-place"),
+                                 Parameter("images", value=False)], "nothing would be rendered"),
+                               ([Parameter("task", value="metaworld:pick-place")],
+                                "'wrist' is not in the pick-place model")):
+        camera = "wrist" if "wrist" in refusal else "gripperPOV"
+        with pytest.raises(ValueError, match=refusal):
+            SimNode(parameter_overrides=[*overrides, Parameter("camera", value=camera)])
+
+
 def test_profiler_node_compiles_a_schedule_from_live_topics(ros, lowdim_ckpt, tmp_path):
     from std_msgs.msg import Float32MultiArray
 

@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     policy_config = SHARE / POLICY_CONFIG[family]
     params = yaml.safe_load(policy_config.read_text())["bac_policy"]["ros__parameters"]
     sim_params = {"task": name, "images": str(images).lower()}
+    view = []  # a Meta-World camera policy sees through its checkpoint's camera
+    if images and family == "metaworld":
+        sim_params["camera"], view = task.camera, ["--camera", task.camera]
     if args.max_steps:
         sim_params["max_steps"] = args.max_steps
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,7 @@ def main(argv=None) -> int:
     print(f"[1/{steps}] recording the expert-driven task into a rosbag2 ...", flush=True)
     shutil.rmtree(bag, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "bac_ros.cli", "record", "--task", name, "--out",
-                    str(bag), "--episodes", "10"] + ([] if images else ["--no-images"]),
+                    str(bag), "--episodes", "10"] + view + ([] if images else ["--no-images"]),
                    check=True, env=env)
     print(f"[2/{steps}] compiling the BAC schedule from the bag ...", flush=True)
     subprocess.run([sys.executable, "-m", "bac_ros.cli", "profile", "--checkpoint",

@@ -49,6 +49,9 @@ PARAMETERS = {
     "seed": (100_000, "reset seed of the first episode (the next ones count up)"),
     "n_action_steps": (8, "lockstep: actions executed per chunk before waiting again"),
     "images": (True, "render and publish camera images"),
+    "camera": ("", "Meta-World: the MuJoCo camera rendered on image (empty: corner; "
+                   "gripperPOV is the wrist camera); a camera policy needs the one its "
+                   "checkpoint records (task.camera)"),
     "publish_clock": (False, "publish /clock (sim time starts at 1000 s)"),
     "joint_names": (["joint1", "joint2", "joint3"],
                     "arm: names in joint_states (Meta-World publishes the Sawyer's own names)"),
@@ -72,6 +75,14 @@ class SimNode(Node):
                              "limit) or a positive step count")
         if self.p["max_steps"]:
             task = dataclasses.replace(task, max_steps=int(self.p["max_steps"]))
+        if self.p["camera"]:
+            if not hasattr(task, "camera"):
+                raise ValueError(f"camera is {self.p['camera']!r}, but the arm renders one view; "
+                                 "expected an empty camera for task arm")
+            if not self.p["images"]:
+                raise ValueError(f"camera is {self.p['camera']!r} but images is false, so nothing "
+                                 "would be rendered; expected images true or an empty camera")
+            task = dataclasses.replace(task, camera=self.p["camera"])
         self.env = make_env(task, self.p["images"])
         self.metaworld = hasattr(self.env, "joint_positions")
         self.action_dim = len(self.env.hold_action())

@@ -94,9 +94,17 @@ def _env_class(env_name: str):
     return ALL_V3_ENVIRONMENTS[env_name]
 
 
+def camera_names(model) -> list[str]:
+    """The cameras of a Meta-World MuJoCo model (``corner``, ``gripperPOV``, ...)."""
+    return [model.camera(i).name for i in range(model.ncam)]
+
+
 def make_env(config: MetaWorldTaskConfig):
     """The task's MuJoCo env with per-seed random starts (``env.seed(s)`` then ``reset``)."""
     env = _env_class(config.env_name)()
+    if config.camera not in camera_names(env.model):
+        raise ValueError(f"camera {config.camera!r} is not in the {config.task} model; expected "
+                         f"one of {camera_names(env.model)}")
     for attr in ("_freeze_rand_vec", "seeded_rand_vec", "_partially_observable",
                  "_set_task_called", "_last_rand_vec"):
         if not hasattr(env, attr):

@@ -30,6 +30,7 @@ outside the network); ``bac train --variant image --init`` can fine-tune it end 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -411,7 +412,7 @@ def _limits(low: Checkpoint, layout: StateLayout) -> dict[str, np.ndarray]:
 def distill_image_policy(lowdim: str | Path, data: dict | None, steps: int, batch_size: int = 64,
                          lr: float = 1e-3, seed: int = 0, task: Task | None = None,
                          scene_episodes: int | None = None, init: str | Path | None = None,
-                         rollouts: int = 0, log=print) -> Checkpoint:
+                         rollouts: int = 0, camera: str | None = None, log=print) -> Checkpoint:
     """Build the image checkpoint from the low-dim checkpoint ``lowdim``.
 
     Its task comes from the checkpoint (``task`` may restate it; another is refused). Arm:
@@ -421,6 +422,8 @@ def distill_image_policy(lowdim: str | Path, data: dict | None, steps: int, batc
     checkpoint distilled from ``lowdim`` whose encoder training goes on (instead of starting
     from scratch). ``rollouts`` (Meta-World): after that first encoder, that many of the
     camera policy's own episodes join the scenes and the encoder trains ``steps`` more.
+    ``camera`` (Meta-World): the MuJoCo camera the policy sees through (default: the task's,
+    ``corner``); its checkpoint records it, so evaluation and sim_node render the same view.
     """
     low = load_native(lowdim)
     task = _task(low, lowdim, task)
@@ -428,6 +431,11 @@ def distill_image_policy(lowdim: str | Path, data: dict | None, steps: int, batc
     if rollouts and not mw:
         raise ValueError("rollouts are for Meta-World tasks; the arm draws new scenes for "
                          "every batch")
+    if camera is not None:
+        if not mw:
+            raise ValueError("camera picks a Meta-World camera; the arm renders its one view")
+        task = dataclasses.replace(task, camera=camera)
+        metaworld.make_env(task).close()  # an unknown camera fails here, before any work
     want = metaworld.OBS_VARIANTS["lowdim"] if mw else {"state": {"shape": [7],
                                                                    "type": "low_dim"}}
     if low.config["policy"]["obs"] != want:
@@ -498,6 +506,10 @@ def _initial_encoder(init: str | Path, low: Checkpoint, image: Checkpoint) -> di
         raise ValueError(f"{init} was not distilled from this low-dim checkpoint (its source: "
                          f"{source.get('distilled_from')}); expected an image checkpoint that "
                          "bac distill made from it")
+    if prior.config.get("task") != image.config.get("task"):
+        raise ValueError(f"{init} sees the task {prior.config.get('task')}; this distillation "
+                         f"builds a policy for {image.config.get('task')} (the same camera "
+                         "is needed to continue its encoder)")
     if prior.config.get("obs_encoder") != image.config.get("obs_encoder"):
         raise ValueError(f"{init}'s observation encoder is configured otherwise than the one "
                          "this distillation builds; expected the same obs_encoder config")
