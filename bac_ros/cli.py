@@ -180,8 +180,9 @@ def _inspect(args) -> int:
     return 0
 
 
-def _metaworld_task(task: str):
-    """The Meta-World task config ``--task`` names, or None for the bundled arm."""
+def _metaworld_task(task: str, camera: str | None = None, images: bool = True):
+    """The Meta-World task config ``--task`` names (seen through ``camera``, if given), or None
+    for the bundled arm."""
     from bac_ros.sim.metaworld import MetaWorldTaskConfig
     from bac_ros.sim.tasks import parse_task
 
@@ -189,13 +190,19 @@ def _metaworld_task(task: str):
         parsed = parse_task(task)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    return parsed if isinstance(parsed, MetaWorldTaskConfig) else None
+    mw = parsed if isinstance(parsed, MetaWorldTaskConfig) else None
+    if camera is None:
+        return mw
+    if mw is None or not images:
+        raise ValueError("--camera picks the Meta-World camera of the recorded images; "
+                         "expected a metaworld:TASK with images")
+    return dataclasses.replace(mw, camera=camera)
 
 
 def _demos(args) -> int:
     from bac_ros.sim.demos import generate_demos, save_npz
 
-    mw = _metaworld_task(args.task)
+    mw = _metaworld_task(args.task, args.camera, not args.no_images)
     if mw is not None:
         from bac_ros.sim.metaworld import generate_demos as metaworld_demos
 
@@ -229,12 +236,7 @@ def _windows(args) -> int:
 def _record(args) -> int:
     from bac_ros.sim.record import record_expert_bag
 
-    task = _metaworld_task(args.task)  # None: the arm
-    if args.camera is not None:
-        if task is None or args.no_images:
-            raise ValueError("--camera picks the Meta-World camera of the recorded images; "
-                             "expected a metaworld:TASK with images")
-        task = dataclasses.replace(task, camera=args.camera)
+    task = _metaworld_task(args.task, args.camera, not args.no_images)  # None: the arm
     out = record_expert_bag(_output(args.out), args.episodes, args.seed, args.storage,
                             images=not args.no_images, task=task)
     print(f"wrote {out} ({args.storage}, {args.episodes} expert episodes"
@@ -447,6 +449,8 @@ def _demos_parser(sub) -> None:
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-images", action="store_true", help="skip camera frames (low-dim only)")
+    p.add_argument("--camera", help="Meta-World: the MuJoCo camera of the frames (default "
+                   "corner; a camera policy's windows need its own camera's frames)")
     p.add_argument("--out", type=Path, required=True, help="npz file to write")
     p.set_defaults(func=_demos)
 

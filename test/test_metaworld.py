@@ -127,6 +127,24 @@ def test_the_wrist_camera_sees_the_object_the_corner_camera_barely_does():
         MetaWorldEnv(MetaWorldTaskConfig(task="pick-place", camera="wrist"))
 
 
+def test_cli_demos_record_the_chosen_camera(tmp_path, capsys):
+    """``bac demos --camera``: the frames are that camera's (a camera policy's windows need its
+    own view); on the arm or without images it is refused."""
+    from bac_ros.cli import main
+    from bac_ros.sim.demos import load_npz
+
+    out = tmp_path / "wrist.npz"
+    assert main(["demos", "--task", "metaworld:pick-place", "--episodes", "1", "--camera",
+                 "gripperPOV", "--out", str(out)]) == 0
+    env = MetaWorldEnv(MetaWorldTaskConfig(task="pick-place", camera="gripperPOV"),
+                       render_images=True)
+    np.testing.assert_array_equal(load_npz(out)["image"][0], env.reset(0)["image"])
+    env.close()
+    for args in (["--task", "arm"], ["--task", "metaworld:pick-place", "--no-images"]):
+        assert main(["demos", *args, "--camera", "gripperPOV", "--out", str(out)]) == 1
+        assert "--camera picks the Meta-World camera" in capsys.readouterr().err
+
+
 def test_first_frame_draws_this_episodes_goal():
     """Meta-World places the goal marker after its last kinematics pass; the reset frame must
     show it where this episode's goal is (a 2-3 px sphere), not where the last start put it."""
