@@ -225,8 +225,17 @@ def _windows(args) -> int:
     from bac_ros.policy.observations import save_observations
     from bac_ros.sim.demos import load_npz
     from bac_ros.train.dataset import observation_windows
-    pol = load_checkpoint(args.checkpoint).config["policy"]
-    windows = observation_windows(load_npz(args.demos), list(pol["obs"]),
+    from bac_ros.sim.metaworld import MetaWorldTaskConfig, demos_camera
+    from bac_ros.sim.tasks import task_of
+
+    ckpt = load_checkpoint(args.checkpoint)
+    pol, task, data = ckpt.config["policy"], task_of(ckpt), load_npz(args.demos)
+    images = any(o.get("type") == "rgb" for o in pol["obs"].values())
+    if images and isinstance(task, MetaWorldTaskConfig) and demos_camera(data) != task.camera:
+        raise ValueError(f"{args.demos} holds frames of the {demos_camera(data)!r} camera; "
+                         f"{args.checkpoint} sees through {task.camera!r} (bac demos --camera "
+                         f"{task.camera} records its view)")
+    windows = observation_windows(data, list(pol["obs"]),
                                   int(pol["n_obs_steps"]), args.count, args.seed)
     save_observations(_output(args.out), windows)
     print(f"wrote {args.out}: {len(windows)} observation histories of {list(pol['obs'])}")
@@ -275,15 +284,18 @@ def _train(args) -> int:
     if not 0.0 <= args.attn_dropout < 1.0:
         raise ValueError(f"--attn-dropout must be in [0, 1), got {args.attn_dropout}")
     mw = _metaworld_task(args.task)
-    if mw is not None:
-        if not args.demos:
-            raise SystemExit("a Meta-World task trains on recorded demonstrations: pass --demos "
-                             "(made by bac demos --task ...)")
-        spec = task_spec(mw, args.variant)
-    else:
-        spec = None
+    if mw is not None and not args.demos:
+        raise SystemExit("a Meta-World task trains on recorded demonstrations: pass --demos "
+                         "(made by bac demos --task ...)")
     data = (load_npz(args.demos) if args.demos else
             generate_demos(args.episodes, seed=0, with_images=args.variant == "image"))
+    spec = None
+    if mw is not None:
+        from bac_ros.sim.metaworld import demos_camera
+
+        if args.variant == "image":  # the checkpoint records the view its frames came from
+            mw = dataclasses.replace(mw, camera=demos_camera(data))
+        spec = task_spec(mw, args.variant)
     cfg = TrainConfig(variant=args.variant, steps=args.steps, batch_size=args.batch_size,
                       lr=args.lr, seed=args.seed, warmup_steps=args.warmup_steps,
                       model={**PAPER_MODEL, "p_drop_attn": args.attn_dropout})

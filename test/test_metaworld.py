@@ -130,7 +130,12 @@ def test_the_wrist_camera_sees_the_object_the_corner_camera_barely_does():
 def test_cli_demos_record_the_chosen_camera(tmp_path, capsys):
     """``bac demos --camera``: the frames are that camera's (a camera policy's windows need its
     own view); on the arm or without images it is refused."""
+    import shutil
+
+    import yaml
+
     from bac_ros.cli import main
+    from bac_ros.policy.loading import load_checkpoint
     from bac_ros.sim.demos import load_npz
 
     out = tmp_path / "wrist.npz"
@@ -143,6 +148,21 @@ def test_cli_demos_record_the_chosen_camera(tmp_path, capsys):
     for args in (["--task", "arm"], ["--task", "metaworld:pick-place", "--no-images"]):
         assert main(["demos", *args, "--camera", "gripperPOV", "--out", str(out)]) == 1
         assert "--camera picks the Meta-World camera" in capsys.readouterr().err
+    # a policy trained on them records their camera; windows for a policy of another view are
+    # refused, for its own view written
+    ckpt = tmp_path / "wrist"
+    assert main(["train", "--task", "metaworld:pick-place", "--variant", "image", "--demos",
+                 str(out), "--steps", "1", "--batch-size", "2", "--out", str(ckpt)]) == 0
+    assert task_of(load_checkpoint(ckpt)).camera == "gripperPOV"
+    corner = tmp_path / "corner"
+    shutil.copytree(ckpt, corner)
+    config = yaml.safe_load((corner / "config.yaml").read_text())
+    config["task"]["camera"] = "corner"
+    (corner / "config.yaml").write_text(yaml.safe_dump(config))
+    windows = ["windows", "--demos", str(out), "--count", "4", "--out", str(tmp_path / "o.npz")]
+    assert main([*windows, "--checkpoint", str(corner)]) == 1
+    assert "holds frames of the 'gripperPOV' camera" in capsys.readouterr().err
+    assert main([*windows, "--checkpoint", str(ckpt)]) == 0
 
 
 def test_first_frame_draws_this_episodes_goal():

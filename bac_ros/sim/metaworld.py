@@ -323,7 +323,15 @@ def generate_demos(config: MetaWorldTaskConfig, n_episodes: int, seed: int = 0,
     data = {k: np.concatenate([e[k] for e in episodes]) for k in episodes[0]}
     data["episode_ends"] = np.cumsum([len(e["action"]) for e in episodes]).astype(np.int64)
     data["episode_seeds"] = np.array(seeds, dtype=np.int64)
+    if with_images:
+        data["camera"] = np.array(config.camera)  # whose view the frames are
     return data
+
+
+def demos_camera(data: dict) -> str:
+    """The camera of demonstrations' frames (recorded since cameras could be chosen; before,
+    every frame was ``corner``'s)."""
+    return str(data["camera"]) if "camera" in data else CAMERA
 
 
 def expert_outcomes(config: MetaWorldTaskConfig, seeds) -> list[bool]:
