@@ -461,8 +461,8 @@ def _findings(res: dict, args) -> list[str]:
         f"full compute and {args.fidelity_samples} from the method, independent noise, on "
         f"{args.fidelity_obs} recorded observations; 0 = same distribution; the full row is "
         f"the noise floor) ranks the methods as lockstep success does with Spearman "
-        f"{res['validation']['spearman_energy']:.2f} over {len(res['rows'])} methods "
-        f"(same-noise action MSE: {res['validation']['spearman_action_mse']:.2f}).",
+        f"{_rho(res['validation']['spearman_energy'])} over {len(res['rows'])} methods "
+        f"(same-noise action MSE: {_rho(res['validation']['spearman_action_mse'])}).",
         "",
         "**Verdict, lockstep** (which method keeps the most success at each latency budget, "
         "and by how much, with 95% intervals for the difference):",
