@@ -170,8 +170,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"checkpoint": str(args.checkpoint), "task": task.task, "camera": policy.reads_images,
-         "device": device,
+        {"checkpoint": str(args.checkpoint), "task": task.task,
+         "camera": task.camera if policy.reads_images else None, "device": device,
          "fidelity": {"observations": args.fidelity_obs, "samples": args.fidelity_samples},
          "rows": rows}, indent=1))
     print(f"wrote {args.out}")

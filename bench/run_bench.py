@@ -521,7 +521,8 @@ CROSS_METHODS = ("BAC S=10 k=5", "bac tune (tuned_x5)", "DDIM-10", "DDPM-10", "u
 
 def task_tables(results: list[dict], docs: Path) -> list[dict]:
     """One entry per task: the `make bench` sections, then every Meta-World table beside the
-    report (``eval_metaworld_*.json``) of a checkpoint this bench has no section for."""
+    report (``eval_metaworld_*.json``) of a checkpoint this bench has no section for (a camera
+    policy's labelled with its camera)."""
     tables, benched = [], {Path(res["checkpoint"]).name for res in results}
     for res in results:
         tables.append({"task": Path(res["checkpoint"]).name, "checkpoint": res["checkpoint"],
@@ -536,7 +537,8 @@ def task_tables(results: list[dict], docs: Path) -> list[dict]:
         if Path(saved["checkpoint"]).name in benched:
             continue
         rows = {r["name"]: dict(r, energy=r.get("fidelity_energy")) for r in saved["rows"]}
-        label = f"metaworld {saved['task']}" + (" camera" if saved.get("camera") else "")
+        label = f"metaworld {saved['task']}" + (f" {saved['camera']} camera" if saved.get(
+            "camera") else "")
         tables.append({"task": label, "checkpoint": saved["checkpoint"],
                        "source": f"[{path.stem}.md]({path.stem}.md)",
                        "expert": rows.pop("scripted expert"), "rows": rows})
