@@ -78,7 +78,9 @@ def main(argv=None) -> int:
         if args.episodes > held:
             ap.error(f"{args.image} held out its first {held} scene episodes; --episodes "
                      f"{args.episodes} would count scenes it trained on")
-        frames, states = scene_frames(task_of(low), distill.SCENE_SEED + np.arange(args.episodes),
+        # the image policy's task: its camera (the low-dim one records the default view)
+        frames, states = scene_frames(task_of(image),
+                                      distill.SCENE_SEED + np.arange(args.episodes),
                                       distill.SCENE_NOISE, distill.FRAME_EVERY)
         outcomes = (("", np.ones(len(states), bool)),)
     feats = distill.encoder_features(image, layout, frames, states)[:, :len(targets.cols)]
