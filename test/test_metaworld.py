@@ -165,6 +165,33 @@ def test_cli_demos_record_the_chosen_camera(tmp_path, capsys):
     assert main([*windows, "--checkpoint", str(ckpt)]) == 0
 
 
+def test_a_recorded_bag_holds_what_the_camera_policy_reads(tmp_path):
+    """``bac record`` of a Meta-World task writes the topics sim_node publishes, ``goal``
+    included, through the chosen camera: the camera policy's windows come out of the bag equal
+    to the simulator's observations (profiling a camera policy's schedule from a bag needs all
+    three of its keys)."""
+    from helpers import TINY
+
+    from bac_ros.io.bag import read_observation_windows
+    from bac_ros.policy.policy import Policy
+    from bac_ros.sim.record import record_expert_bag
+    from bac_ros.train.train import TrainConfig, build_initial, task_spec
+
+    wrist = MetaWorldTaskConfig(task="pick-place", camera="gripperPOV")
+    data = generate_demos(wrist, 1, seed=0, with_images=True)
+    policy = Policy(build_initial(TrainConfig(variant="image", model=dict(TINY)), data,
+                                  task_spec(wrist, "image")), device="cpu")
+    bag = record_expert_bag(tmp_path / "bag", episodes=1, seed=7, task=wrist)
+    windows = read_observation_windows(bag, policy, JOINT_NAMES)
+    env = MetaWorldEnv(wrist, render_images=True)
+    first = env.reset(7)
+    env.close()
+    assert set(windows[0]) == {"image", "proprio", "goal"}
+    for key in ("proprio", "goal"):
+        np.testing.assert_array_equal(windows[0][key][-1], first[key])
+    np.testing.assert_array_equal(windows[0]["image"][-1], first["image"])  # HWC, as rendered
+
+
 def test_first_frame_draws_this_episodes_goal():
     """Meta-World places the goal marker after its last kinematics pass; the reset frame must
     show it where this episode's goal is (a 2-3 px sphere), not where the last start put it."""

@@ -35,7 +35,8 @@ def record_expert_bag(path: str | Path, episodes: int = 20, seed: int = 0,
                       storage: str = "sqlite3", images: bool = True,
                       start_time: float = 1_000.0, task: Task | None = None) -> Path:
     """Episodes of ``task`` (default the arm) back to back (1 s apart) on topics ``image``,
-    ``joint_states``, ``state`` and, for Meta-World, ``proprio``."""
+    ``joint_states``, ``state`` and, for Meta-World, ``proprio`` and ``goal`` (the topics
+    sim_node publishes)."""
     env = make_env(task or ArmTaskConfig(), images)
     reset, act = _expert(env)
     writer = BagWriter(path, storage)
@@ -46,12 +47,13 @@ def record_expert_bag(path: str | Path, episodes: int = 20, seed: int = 0,
             reset(seed + i)
             done = False
             while True:
-                if images:
-                    writer.image("image", obs["image"], t)
                 writer.joint_state("joint_states", *_joints(env, obs), t)
                 writer.vector("state", env.state(), t)
-                if "proprio" in obs:
-                    writer.vector("proprio", obs["proprio"], t)
+                for key in ("proprio", "goal"):  # Meta-World's camera policy reads both
+                    if key in obs:
+                        writer.vector(key, obs[key], t)
+                if images:  # last, as sim_node publishes: the frame joins the values above
+                    writer.image("image", obs["image"], t)
                 if done:
                     break
                 obs, done, _ = env.step(act(obs))
