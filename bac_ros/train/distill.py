@@ -30,10 +30,9 @@ outside the network); ``bac train --variant image --init`` can fine-tune it end 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -434,7 +433,7 @@ def distill_image_policy(lowdim: str | Path, data: dict | None, steps: int, batc
     if camera is not None:
         if not mw:
             raise ValueError("camera picks a Meta-World camera; the arm renders its one view")
-        task = dataclasses.replace(task, camera=camera)
+        task = replace(task, camera=camera)
         metaworld.make_env(task).close()  # an unknown camera fails here, before any work
     want = metaworld.OBS_VARIANTS["lowdim"] if mw else {"state": {"shape": [7],
                                                                    "type": "low_dim"}}
