@@ -385,7 +385,8 @@ def test_demo_runs_the_metaworld_checkpoint_from_bag_to_real_time(tmp_path, capf
             first.setdefault(conn.topic.lstrip("/"), reader.deserialize(raw, conn.msgtype))
     assert types == {"joint_states": "sensor_msgs/msg/JointState",
                      "state": "std_msgs/msg/Float32MultiArray",
-                     "proprio": "std_msgs/msg/Float32MultiArray"}
+                     "proprio": "std_msgs/msg/Float32MultiArray",
+                     "goal": "std_msgs/msg/Float32MultiArray"}
     assert len(set(counts.values())) == 1 and counts["state"] > 10 * 20
     env = MetaWorldEnv(DRAWER)
     start = env.reset(0)  # demonstration seeds start at 0
@@ -393,6 +394,7 @@ def test_demo_runs_the_metaworld_checkpoint_from_bag_to_real_time(tmp_path, capf
     np.testing.assert_allclose(first["joint_states"].position, env.joint_positions())
     np.testing.assert_array_equal(first["state"].data, start["state"])
     np.testing.assert_array_equal(first["proprio"].data, start["proprio"])
+    np.testing.assert_array_equal(first["goal"].data, start["goal"])
     env.close()
 
     sched = Schedule.load(out / "bac_s10_k5.yaml")
