@@ -231,6 +231,9 @@ def _windows(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     pol, task, data = ckpt.config["policy"], task_of(ckpt), load_npz(args.demos)
     images = any(o.get("type") == "rgb" for o in pol["obs"].values())
+    if images and "image" not in data:
+        raise ValueError(f"{args.demos} holds no camera frames; {args.checkpoint} reads images "
+                         "(record them without --no-images)")
     if images and isinstance(task, MetaWorldTaskConfig) and demos_camera(data) != task.camera:
         raise ValueError(f"{args.demos} holds frames of the {demos_camera(data)!r} camera; "
                          f"{args.checkpoint} sees through {task.camera!r} (bac demos --camera "
@@ -261,6 +264,8 @@ def _distill(args) -> int:
     from bac_ros.train.distill import distill_image_policy
 
     metaworld = isinstance(task_of(load_native(args.lowdim)), MetaWorldTaskConfig)
+    if args.camera is not None and not metaworld:
+        raise ValueError("--camera picks a Meta-World camera; the arm renders its one view")
     if metaworld and args.episodes is not None:
         raise ValueError("--episodes generates arm demonstrations; a Meta-World distillation "
                          "renders scenes of its own (--scene-episodes)")

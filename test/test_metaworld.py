@@ -163,6 +163,12 @@ def test_cli_demos_record_the_chosen_camera(tmp_path, capsys):
     assert main([*windows, "--checkpoint", str(corner)]) == 1
     assert "holds frames of the 'gripperPOV' camera" in capsys.readouterr().err
     assert main([*windows, "--checkpoint", str(ckpt)]) == 0
+    bare = tmp_path / "bare.npz"
+    assert main(["demos", "--task", "metaworld:pick-place", "--episodes", "1", "--no-images",
+                 "--out", str(bare)]) == 0
+    assert main(["windows", "--demos", str(bare), "--count", "4", "--out",
+                 str(tmp_path / "o.npz"), "--checkpoint", str(ckpt)]) == 1
+    assert "holds no camera frames" in capsys.readouterr().err
 
 
 def test_a_recorded_bag_holds_what_the_camera_policy_reads(tmp_path):

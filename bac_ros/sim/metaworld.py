@@ -102,9 +102,10 @@ def camera_names(model) -> list[str]:
 def make_env(config: MetaWorldTaskConfig):
     """The task's MuJoCo env with per-seed random starts (``env.seed(s)`` then ``reset``)."""
     env = _env_class(config.env_name)()
-    if config.camera not in camera_names(env.model):
+    cameras = camera_names(env.model)
+    if config.camera not in cameras:
         raise ValueError(f"camera {config.camera!r} is not in the {config.task} model; expected "
-                         f"one of {camera_names(env.model)}")
+                         f"one of {cameras}")
     for attr in ("_freeze_rand_vec", "seeded_rand_vec", "_partially_observable",
                  "_set_task_called", "_last_rand_vec"):
         if not hasattr(env, attr):

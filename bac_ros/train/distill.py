@@ -505,10 +505,12 @@ def _initial_encoder(init: str | Path, low: Checkpoint, image: Checkpoint) -> di
         raise ValueError(f"{init} was not distilled from this low-dim checkpoint (its source: "
                          f"{source.get('distilled_from')}); expected an image checkpoint that "
                          "bac distill made from it")
-    if prior.config.get("task") != image.config.get("task"):
-        raise ValueError(f"{init} sees the task {prior.config.get('task')}; this distillation "
-                         f"builds a policy for {image.config.get('task')} (the same camera "
-                         "is needed to continue its encoder)")
+    seen, wanted = prior.config.get("task", {}), image.config.get("task", {})
+    if seen != wanted:
+        raise ValueError(f"{init} sees {seen.get('task')} through camera {seen.get('camera')!r}; "
+                         f"this distillation builds {wanted.get('task')} through "
+                         f"{wanted.get('camera')!r} (continuing an encoder needs the same camera: "
+                         f"pass camera {seen.get('camera')!r})")
     if prior.config.get("obs_encoder") != image.config.get("obs_encoder"):
         raise ValueError(f"{init}'s observation encoder is configured otherwise than the one "
                          "this distillation builds; expected the same obs_encoder config")
