@@ -221,16 +221,17 @@ def _demos(args) -> int:
 
 
 def _windows(args) -> int:
+    from bac_ros.models.vision import image_keys
     from bac_ros.policy.loading import load_checkpoint
     from bac_ros.policy.observations import save_observations
     from bac_ros.sim.demos import load_npz
-    from bac_ros.train.dataset import observation_windows
     from bac_ros.sim.metaworld import MetaWorldTaskConfig, demos_camera
     from bac_ros.sim.tasks import task_of
+    from bac_ros.train.dataset import observation_windows
 
     ckpt = load_checkpoint(args.checkpoint)
     pol, task, data = ckpt.config["policy"], task_of(ckpt), load_npz(args.demos)
-    images = any(o.get("type") == "rgb" for o in pol["obs"].values())
+    images = bool(image_keys(pol["obs"]))
     if images and "image" not in data:
         raise ValueError(f"{args.demos} holds no camera frames; {args.checkpoint} reads images "
                          "(record them without --no-images)")

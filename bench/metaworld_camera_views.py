@@ -30,7 +30,7 @@ NEAR_M = 0.05  # hand within this of the object: the grasp phase
 def object_pixels(task: str, body: str, episodes: int, seed: int, size: int) -> dict:
     """Per camera, per episode: (pixels at reset, min and median in the grasp phase, share of
     frames with none)."""
-    env = MetaWorldEnv(MetaWorldTaskConfig(task=task, image_size=size))
+    env = MetaWorldEnv(MetaWorldTaskConfig(task=task))
     model = env._env.model  # private: MetaWorldEnv exposes no MuJoCo model to render from
     geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] == model.body(body).id]
     model.vis.quality.offsamples = 0

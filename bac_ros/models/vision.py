@@ -52,6 +52,11 @@ IMAGE_TYPES = ("rgb",)
 OBS_TYPES = ("rgb", "low_dim")
 
 
+def image_keys(obs: Mapping[str, Mapping]) -> list[str]:
+    """The camera keys of an observation config (Chi et al.'s ``shape_meta['obs']`` form)."""
+    return [k for k, v in obs.items() if v.get("type", "low_dim") in IMAGE_TYPES]
+
+
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 

@@ -34,6 +34,7 @@ import yaml
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 
 from bac_ros.cache.schedule import Schedule
+from bac_ros.models.vision import image_keys
 from bac_ros.policy.loading import load_checkpoint
 from bac_ros.sim.tasks import task_name, task_of
 
@@ -116,7 +117,7 @@ def main(argv=None) -> int:
     config, task = loaded.config, task_of(loaded)
     name = task_name(task)
     family = name.partition(":")[0]
-    images = any(o.get("type") == "rgb" for o in config["policy"]["obs"].values())
+    images = bool(image_keys(config["policy"]["obs"]))
     policy_config = SHARE / POLICY_CONFIG[family]
     params = yaml.safe_load(policy_config.read_text())["bac_policy"]["ros__parameters"]
     sim_params = {"task": name, "images": str(images).lower()}

@@ -10,7 +10,7 @@ from bac_ros.models.backbone import TinyBackbone
 from bac_ros.models.dpt import TransformerForDiffusion
 from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.models.rdt import RDTHead
-from bac_ros.models.vision import build_obs_encoder
+from bac_ros.models.vision import build_obs_encoder, image_keys
 from bac_ros.policy.checkpoint import Checkpoint
 
 # The paper's DP-T: 8 layers, 4 heads, n_emb 256, horizon 16, 2 observation steps.
@@ -97,7 +97,7 @@ def new_rdt_checkpoint(
     arguments) and an RDT-style head (``head``: depth, hidden_size, num_heads, ...; the token
     sizes follow the backbone) with fresh weights."""
     torch.manual_seed(seed)
-    cameras = [k for k, v in obs.items() if v.get("type") == "rgb"]
+    cameras = image_keys(obs)
     if not cameras or state_key not in obs:
         raise ValueError(f"a VLA policy needs a camera and the state {state_key!r}; got {obs}")
     bb_cfg = dict(cameras=cameras, image_shape=list(obs[cameras[0]]["shape"]),

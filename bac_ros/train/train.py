@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from bac_ros.cache.schedulers import DEFAULT_INFERENCE_STEPS, DEFAULT_SCHEDULER, build_scheduler
 from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.models.vision import IMAGE_TYPES
+from bac_ros.models.vision import IMAGE_TYPES, image_keys
 from bac_ros.policy.build import PAPER_MODEL, new_checkpoint
 from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
 from bac_ros.policy.policy import Policy, resolve_device
@@ -143,7 +143,7 @@ def build_initial(cfg: TrainConfig, data: dict, spec: TaskSpec | ArmTaskConfig) 
     if isinstance(spec, ArmTaskConfig):
         spec = arm_spec(cfg.variant, spec)
     obs = spec.obs
-    images = any(v["type"] in IMAGE_TYPES for v in obs.values())
+    images = bool(image_keys(obs))
     ckpt = new_checkpoint(
         obs, len(spec.action_names), _normalizer(data, obs), horizon=cfg.horizon,
         n_obs_steps=cfg.n_obs_steps, n_action_steps=cfg.n_action_steps, model=cfg.model,
