@@ -178,7 +178,7 @@ def test_a_recorded_bag_holds_what_the_camera_policy_reads(tmp_path):
     three of its keys)."""
     from helpers import TINY
 
-    from bac_ros.io.bag import read_observation_windows
+    from bac_ros.io.bag import BagError, read_observation_windows
     from bac_ros.policy.policy import Policy
     from bac_ros.sim.record import record_expert_bag
     from bac_ros.train.train import TrainConfig, build_initial, task_spec
@@ -196,6 +196,12 @@ def test_a_recorded_bag_holds_what_the_camera_policy_reads(tmp_path):
     for key in ("proprio", "goal"):
         np.testing.assert_array_equal(windows[0][key][-1], first[key])
     np.testing.assert_array_equal(windows[0]["image"][-1], first["image"])  # HWC, as rendered
+    # the frames name their camera, so a bag of another view is refused, not profiled
+    corner = record_expert_bag(tmp_path / "corner", episodes=1, seed=7,
+                               task=MetaWorldTaskConfig(task="pick-place"))
+    with pytest.raises(BagError, match="frame_id is 'corner'; this policy was trained on the "
+                                       "'gripperPOV' camera"):
+        read_observation_windows(corner, policy, JOINT_NAMES)
 
 
 def test_first_frame_draws_this_episodes_goal():
@@ -288,13 +294,82 @@ def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
         rclpy.try_shutdown()
     result = json.loads(results[0].data)
     assert result["steps"] == 24 and result["seed"] == 100_000 and not result["success"]
-    assert "timeout_waiting" not in result
+    assert result["timeout_waiting"] is False
     assert len(sim.chunk_arrivals) >= 24 // 4  # every observation's chunk came and was used
     assert joints and list(joints[0].name) == JOINT_NAMES and len(joints[0].position) == 7
     env = MetaWorldEnv(DRAWER)
     env.reset(100_000)
     np.testing.assert_allclose(joints[0].position, env.joint_positions(), atol=1e-9)
     assert trajectories == []  # end-effector actions are never sent as joint trajectories
+
+
+@pytest.mark.ros
+def test_the_policy_node_acts_only_on_images_of_its_own_camera(tmp_path):
+    """sim_node renders pick-place through the wrist camera and names it in each image's
+    frame_id; a policy trained on the corner camera refuses every frame (no chunk, the
+    reason in its warning), one trained on the wrist camera answers them (lockstep over DDS)."""
+    import json
+
+    import rclpy
+    import yaml
+    from ament_index_python.packages import get_package_share_directory
+    from helpers import TINY
+    from rclpy.parameter import Parameter
+    from rclpy.qos import qos_profile_sensor_data
+    from ros_helpers import spin_until, start_policy_node, stop_policy_node
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from bac_ros.nodes.sim_node import SimNode
+    from bac_ros.policy.checkpoint import save_native
+    from bac_ros.train.train import TrainConfig, build_initial, task_spec
+
+    wrist = MetaWorldTaskConfig(task="pick-place", camera="gripperPOV")
+    data = generate_demos(wrist, 1, seed=0, with_images=True)
+    cfg = TrainConfig(variant="image", model=dict(TINY), horizon=8, n_action_steps=4)
+    share = get_package_share_directory("bac_ros")
+    params = yaml.safe_load(open(f"{share}/config/policy_metaworld.yaml"))["bac_policy"][
+        "ros__parameters"]
+    params.update(device="cpu", use_sim_time=True, replan_steps=1, seam="none")
+
+    def episode(camera: str):
+        task = MetaWorldTaskConfig(task="pick-place", camera=camera)
+        ckpt = save_native(build_initial(cfg, data, task_spec(task, "image")), tmp_path / camera)
+        sim = SimNode(parameter_overrides=[
+            Parameter("task", value="metaworld:pick-place"), Parameter("mode", value="lockstep"),
+            Parameter("camera", value="gripperPOV"), Parameter("episodes", value=1),
+            Parameter("n_action_steps", value=4), Parameter("max_steps", value=8),
+            Parameter("chunk_timeout", value=4.0)])
+        node, executor, thread = start_policy_node({**params, "checkpoint": str(ckpt)})
+        probe = rclpy.create_node("camera_probe")
+        frames, results = [], []
+        probe.create_subscription(Image, "image", frames.append, qos_profile_sensor_data)
+        probe.create_subscription(String, "episode_result", results.append, 10)
+        local = rclpy.executors.SingleThreadedExecutor()
+        local.add_node(sim)
+        local.add_node(probe)
+        try:
+            assert spin_until(local, lambda: sim.finished and results, timeout=120)
+            rejected = (node.stats["rejected_msgs"], node.last_problem)
+        finally:
+            stop_policy_node(node, executor, thread)
+            sim.destroy_node()
+            probe.destroy_node()
+        return json.loads(results[0].data), frames, rejected, sim.chunk_arrivals
+
+    rclpy.init()
+    try:
+        refused, frames, rejected, arrivals = episode("corner")
+        answered, _, rejected_wrist, arrivals_wrist = episode("gripperPOV")
+    finally:
+        rclpy.try_shutdown()
+    assert frames and {f.header.frame_id for f in frames} == {"gripperPOV"}
+    assert refused["timeout_waiting"] is True and refused["steps"] == 0
+    assert arrivals == [] and rejected[0] >= 1
+    assert "frame_id is 'gripperPOV'; this policy was trained on the 'corner' camera" \
+        in rejected[1]
+    assert answered["timeout_waiting"] is False and answered["steps"] == 8
+    assert rejected_wrist[0] == 0 and len(arrivals_wrist) >= 8 // 4
 
 
 def test_end_effector_actions_are_never_published_as_joint_trajectories(tmp_path):

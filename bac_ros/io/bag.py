@@ -39,12 +39,14 @@ def _typestore():
 def read_observation_windows(bag: str | Path, policy, joint_names: Sequence[str],
                              max_age: float = 0.5) -> list[dict[str, np.ndarray]]:
     """Every observation history in ``bag`` for ``policy`` (relative topic names; the bag's
-    topics may carry a leading namespace, e.g. ``/robot/image`` matches ``image``)."""
+    topics may carry a leading namespace, e.g. ``/robot/image`` matches ``image``). A bag whose
+    images come from another camera than the policy's recorded one is refused."""
     from rosbags.highlevel import AnyReader
 
     bag = Path(bag)
     sources = observation_sources(policy.obs_spec)
-    convs = {s.key: converter(s, policy.obs_spec[s.key][0], joint_names) for s in sources}
+    convs = {s.key: converter(s, policy.obs_spec[s.key][0], joint_names, policy.camera_frame)
+             for s in sources}
     try:
         reader = AnyReader([bag], default_typestore=_typestore())
         reader.open()
@@ -115,9 +117,9 @@ class BagWriter:
         data = self.store.serialize_cdr(msg, msgtype)
         self.writer.write(self._conn(topic, msgtype), int(round(t * 1e9)), data)
 
-    def image(self, topic: str, rgb: np.ndarray, t: float) -> None:
+    def image(self, topic: str, rgb: np.ndarray, t: float, frame: str) -> None:
         h, w, _ = rgb.shape
-        msg = self.store.types[IMAGE](header=self._header(t, "camera"), height=h, width=w,
+        msg = self.store.types[IMAGE](header=self._header(t, frame), height=h, width=w,
                                       encoding="rgb8", is_bigendian=0, step=w * 3,
                                       data=np.ascontiguousarray(rgb, np.uint8).ravel())
         self.write(topic, IMAGE, msg, t)

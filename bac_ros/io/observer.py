@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bac_ros.io.messages import compressed_to_rgb, image_to_rgb, joint_positions, vector
+from bac_ros.io.messages import (
+    MessageError,
+    compressed_to_rgb,
+    image_to_rgb,
+    joint_positions,
+    vector,
+)
 
 IMAGE, JOINT_STATE, VECTOR = "sensor_msgs/msg/Image", "sensor_msgs/msg/JointState", \
     "std_msgs/msg/Float32MultiArray"
@@ -45,12 +51,24 @@ def observation_sources(obs_spec: Mapping[str, tuple[tuple[int, ...], str]],
     return out
 
 
-def converter(source: Source, shape: tuple[int, ...], joint_names: Sequence[str]) -> Callable:
-    """message -> numpy observation value for one source (raises MessageError)."""
+def converter(source: Source, shape: tuple[int, ...], joint_names: Sequence[str],
+              camera_frame: str | None = None) -> Callable:
+    """message -> numpy observation value for one source (raises MessageError); with
+    ``camera_frame``, images whose ``header.frame_id`` names another camera are refused."""
     if source.msgtype in (IMAGE, COMPRESSED):
         hw = (int(shape[1]), int(shape[2]))
         decode = image_to_rgb if source.msgtype == IMAGE else compressed_to_rgb
-        return lambda msg: decode(msg, hw)
+        if camera_frame is None:
+            return lambda msg: decode(msg, hw)
+
+        def checked(msg):
+            if msg.header.frame_id != camera_frame:
+                raise MessageError(
+                    f"image frame_id is {msg.header.frame_id!r}; this policy was trained on "
+                    f"the {camera_frame!r} camera and reads only images whose frame_id names it")
+            return decode(msg, hw)
+
+        return checked
     if source.msgtype == JOINT_STATE:
         if len(joint_names) != shape[0]:
             raise ValueError(

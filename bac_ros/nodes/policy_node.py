@@ -169,8 +169,8 @@ class PolicyNode(LifecycleNode):
                 Policy.from_pretrained, p["checkpoint"], device=p["device"], dtype=p["dtype"],
                 schedule=p["schedule"] or None).result()
             sources = observation_sources(policy.obs_spec, p["compressed_image"])
-            convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"])
-                     for s in sources}
+            convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"],
+                                      policy.camera_frame) for s in sources}
             settings = live_settings(p, policy)
         except Exception as e:  # configure must fail cleanly, whatever went wrong
             self._configure_failed(e, p["checkpoint"])

@@ -39,7 +39,7 @@ from std_msgs.msg import Float32MultiArray, String
 
 from bac_ros.io.messages import MessageError, chunk_actions, stamp_seconds
 from bac_ros.msg import ActionChunk
-from bac_ros.sim.tasks import make_env, parse_task
+from bac_ros.sim.tasks import camera_frame, make_env, parse_task
 
 PARAMETERS = {
     "task": ("arm", "arm | metaworld:TASK (e.g. metaworld:drawer-open)"),
@@ -84,6 +84,7 @@ class SimNode(Node):
                                  "would be rendered; expected images true or an empty camera")
             task = dataclasses.replace(task, camera=self.p["camera"])
         self.env = make_env(task, self.p["images"])
+        self.camera_frame = camera_frame(task)  # image header.frame_id: the camera rendered
         self.metaworld = hasattr(self.env, "joint_positions")
         self.action_dim = len(self.env.hold_action())
         self.dt = self.env.config.dt
@@ -150,7 +151,7 @@ class SimNode(Node):
             img = self.obs["image"]
             msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8",
                         step=img.shape[1] * 3, data=img.tobytes())
-            msg.header.stamp = stamp
+            msg.header.stamp, msg.header.frame_id = stamp, self.camera_frame
             self.image_pub.publish(msg)
         return t
 
@@ -224,7 +225,9 @@ class SimNode(Node):
     def _finish(self, info: dict) -> None:
         result = {"episode": self.episode, "seed": self.seed, "success": bool(info["success"]),
                   "collision": bool(info.get("collision", False)), "steps": self.env.steps,
-                  "mode": self.p["mode"]}
+                  "mode": self.p["mode"],
+                  # lockstep: no chunk answered an observation within chunk_timeout
+                  "timeout_waiting": bool(info.get("timeout_waiting", False))}
         self.results.append(result)
         self.result_pub.publish(String(data=json.dumps(result)))
         self.get_logger().info(f"episode {self.episode} (seed {self.seed}): "

@@ -158,6 +158,14 @@ class Policy:
         """Whether any observation is a camera image."""
         return bool(self.cameras)
 
+    @property
+    def camera_frame(self) -> str | None:
+        """The camera this policy's images must come from, when its checkpoint records one
+        (Meta-World's ``task.camera``): image messages name it in ``header.frame_id``, so a
+        view the policy was not trained on is refused rather than acted on. None: any."""
+        record = self.config.get("task") or {}
+        return str(record["camera"]) if self.reads_images and record.get("camera") else None
+
     @staticmethod
     def build_model(config: dict) -> torch.nn.Module:
         """The denoising network from its config (subclasses for other action heads)."""

@@ -10,7 +10,7 @@ from bac_ros.io.bag import BagWriter
 from bac_ros.sim import metaworld
 from bac_ros.sim.arm import ArmTaskConfig
 from bac_ros.sim.expert import Expert
-from bac_ros.sim.tasks import Task, make_env
+from bac_ros.sim.tasks import Task, camera_frame, make_env
 
 JOINT_NAMES = ("joint1", "joint2", "joint3")  # the arm's (sim_node's default joint_names)
 
@@ -37,7 +37,8 @@ def record_expert_bag(path: str | Path, episodes: int = 20, seed: int = 0,
     """Episodes of ``task`` (default the arm) back to back (1 s apart) on topics ``image``,
     ``joint_states``, ``state`` and, for Meta-World, ``proprio`` and ``goal`` (the topics
     sim_node publishes)."""
-    env = make_env(task or ArmTaskConfig(), images)
+    task = task or ArmTaskConfig()
+    env = make_env(task, images)
     reset, act = _expert(env)
     writer = BagWriter(path, storage)
     t = start_time
@@ -53,7 +54,7 @@ def record_expert_bag(path: str | Path, episodes: int = 20, seed: int = 0,
                     if key in obs:
                         writer.vector(key, obs[key], t)
                 if images:  # last, as sim_node publishes: the frame joins the values above
-                    writer.image("image", obs["image"], t)
+                    writer.image("image", obs["image"], t, camera_frame(task))
                 if done:
                     break
                 obs, done, _ = env.step(act(obs))

@@ -38,6 +38,16 @@ def task_name(task: Task) -> str:
     return f"metaworld:{task.task}" if isinstance(task, MetaWorldTaskConfig) else "arm"
 
 
+#: The arm's one camera, as its image messages name it (its checkpoints record no camera).
+ARM_CAMERA = "camera"
+
+
+def camera_frame(task: Task) -> str:
+    """The ``header.frame_id`` of the task's image messages: the Meta-World camera rendered
+    (what :attr:`Policy.camera_frame` checks against), or the arm's one camera."""
+    return task.camera if isinstance(task, MetaWorldTaskConfig) else ARM_CAMERA
+
+
 def make_env(task: Task, images: bool) -> Env:
     if isinstance(task, MetaWorldTaskConfig):
         return MetaWorldEnv(task, render_images=images)
