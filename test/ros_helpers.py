@@ -49,7 +49,7 @@ def start_policy_node(node_overrides):
     """A configured, active PolicyNode spinning on its own executor thread."""
     node = PolicyNode(parameter_overrides=[Parameter(k, value=v)
                                            for k, v in node_overrides.items()])
-    assert node.trigger_configure() is not None and node.policy is not None
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     node.trigger_activate()
     executor = SingleThreadedExecutor()
     executor.add_node(node)

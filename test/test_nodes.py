@@ -11,6 +11,7 @@ import torch
 from ament_index_python.packages import get_package_prefix, get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
 from helpers import SMALL
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from ros_helpers import spin_until, start_policy_node, stop_policy_node
@@ -131,10 +132,11 @@ def test_schedule_swap_by_parameter(ros, image_ckpt, tmp_path):
 def test_configure_fails_cleanly_and_can_retry(ros, image_ckpt, tmp_path):
     node = PolicyNode(parameter_overrides=[Parameter("checkpoint", value=str(tmp_path)),
                                            Parameter("device", value="cpu")])
-    node.trigger_configure()
+    # FAILURE, not ERROR: the configure caught its problem (rclpy turns a raised one into ERROR)
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
     assert node.policy is None  # still unconfigured, still alive
     node.set_parameters([Parameter("checkpoint", value=str(image_ckpt))])
-    node.trigger_configure()
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node.policy is not None
     node.destroy_node()  # tears down the policy, timers and publishers first
 

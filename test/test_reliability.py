@@ -120,6 +120,7 @@ def test_bad_messages_are_rejected_and_the_last_good_state_kept(running, capfd, 
     TALLY["malformed_messages_tried"] += 20
     n = len(r.chunks)
     assert r.spin(10, lambda: len(r.chunks) >= n + 3)
+    # 24 bad images in all: logged, but at most once per 5 s
     logged = capfd.readouterr().err.count("rejected image message")
     assert 1 <= logged <= 1 + (time.monotonic() - t0) / 5, "rejections are logged, throttled"
     # the node still infers from the last good observation: every chunk answers its stamp
@@ -143,12 +144,13 @@ def test_stale_observations_stop_chunks_until_fresh_data_returns(running, ckpt):
     assert values["stale_inputs"] == "image,joints"
     # a delayed camera: frames keep coming, but stamped 1 s ago: still no chunk
     late = rclpy.duration.Duration(seconds=1.0)
+    stale = r.node.stats["stale"]  # only an inference refused for age counts it
     end = time.monotonic() + 1.5
     while time.monotonic() < end:
         r.good((r.client.get_clock().now() - late).to_msg())
         r.spin(0.1)
     assert len(r.chunks) == n
-    assert any("older than max_obs_age" in d.message for d in r.diags)
+    assert r.node.stats["stale"] > stale  # the late frames reached inference and were refused
     # fresh data: publishing resumes
     r.stream(1.0)
     assert r.spin(10, lambda: len(r.chunks) >= n + 2)
@@ -177,10 +179,11 @@ def test_staleness_and_clock_jumps_under_sim_time(running, ckpt):
     assert r.spin(10, lambda: len(r.chunks) >= 3)
     assert all(100.0 < to_sec(c.header.stamp) <= sim[0] for c in r.chunks)
     run(1.0, send=False)  # the inputs go stale on the sim clock
-    n = len(r.chunks)
+    n, stale = len(r.chunks), r.node.stats["stale"]
     run(2.0, send=False)
     assert len(r.chunks) == n
-    assert any("older than max_obs_age=0.5" in d.message for d in r.diags)
+    assert r.node.stats["stale"] > stale  # the rate timer's inferences refused them for age
+    assert r.node.last_problem.startswith("no chunk: observation")
     run(1.5, send=True)  # fresh data: chunks resume
     assert len(r.chunks) > n
     # the clock jumps back (bag replay looped): the history is cleared, new stamps accepted
@@ -375,9 +378,9 @@ def test_profiler_node_with_a_bad_checkpoint_exits_with_one_line(tmp_path, capfd
 
     out = tmp_path / "s.yaml"
     assert main(["--ros-args", "-p", f"checkpoint:={tmp_path}", "-p", f"output:={out}"]) == 1
-    err = capfd.readouterr().err
+    err = capfd.readouterr().err.strip()
     assert "is not a bac_ros checkpoint folder" in err and "no schedule written" in err
-    assert "Traceback" not in err and not out.exists()
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 # -- fuzz ------------------------------------------------------------------------------------
@@ -475,8 +478,9 @@ def test_fuzz_ten_thousand_malformed_messages(running, ckpt):
         good += 20
         assert r.spin(15, lambda r=r, n=n: len(r.chunks) > n), "the node stopped answering"
         assert r.thread.is_alive()
-    rejected = [int(diag_values(r.diags[-1])["rejected_msgs"])
-                for r in (raw, jpeg)]
+    # each node's own counter: both publish /diagnostics as bac_policy, so either client's
+    # newest diagnostic may be the other node's
+    rejected = [r.node.stats["rejected_msgs"] for r in (raw, jpeg)]
     TALLY["messages_tried"] += tried + good
     TALLY["malformed_messages_tried"] += tried
     TALLY["fuzz_seconds"] = round(fuzz_s, 1)
