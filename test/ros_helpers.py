@@ -110,7 +110,7 @@ class Running:
             self._check(p.positions)
 
     def _on_diag(self, msg) -> None:
-        ours = [s for s in msg.status if s.name == "bac_policy"]
+        ours = [s for s in msg.status if s.name == self.node.get_fully_qualified_name()]
         if ours:
             self.diags.append(ours[0])
 

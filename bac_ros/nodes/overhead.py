@@ -85,7 +85,8 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
                                  lambda m: received.append((time.time(), m)), 10)
         diagnostics: dict[str, str] = {}
         node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.update(
-            {kv.key: kv.value for st in m.status if st.name == "bac_policy" for kv in st.values}),
+            {kv.key: kv.value for st in m.status if st.name == f"/{ns}/bac_policy"
+             for kv in st.values}),
             10)
         rng = np.random.default_rng(0)
         deadline = time.monotonic() + timeout

@@ -213,7 +213,8 @@ class PolicyNode(LifecycleNode):
             f"checkpoint {checkpoint} does not build a policy ({type(error).__name__}: {error})"
         text = "configure failed: " + " ".join(text.split())  # one line, even for YAML errors
         self.get_logger().error(text)
-        status = DiagnosticStatus(name="bac_policy", level=DiagnosticStatus.ERROR, message=text)
+        status = DiagnosticStatus(name=self.get_fully_qualified_name(),
+                                  level=DiagnosticStatus.ERROR, message=text)
         arr = DiagnosticArray(status=[status])
         arr.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(arr)
@@ -448,7 +449,9 @@ class PolicyNode(LifecycleNode):
         if not problem and stale and self._active:  # no input: no inference ran to say so
             problem = (f"no chunk: observation {stale} missing or older than "
                        f"max_obs_age={s.max_obs_age} s")
-        status = DiagnosticStatus(name="bac_policy", hardware_id=str(self.policy.device))
+        # named by the node's namespace too: /diagnostics is one topic for every robot
+        status = DiagnosticStatus(name=self.get_fully_qualified_name(),
+                                  hardware_id=str(self.policy.device))
         status.level = DiagnosticStatus.WARN if problem else DiagnosticStatus.OK
         status.message = problem or ("publishing chunks" if self._active else "inactive")
         times = list(self.publish_times)
