@@ -169,8 +169,8 @@ def test_bag_profile_equals_in_process_profile(tmp_path, storage):
 
     env, direct = ArmEnv(render_images=False), []
     expert = Expert(env)
-    history = []
-    for seed in (0, 1):
+    for seed in (0, 1):  # the bag's 1 s break between episodes (> max_age) starts a history
+        history = []
         obs = env.reset(seed)
         expert.reset(seed)
         done = False
@@ -186,6 +186,32 @@ def test_bag_profile_equals_in_process_profile(tmp_path, storage):
     a = policy.compile_schedule(policy.profile(windows), budget=4, top_k=2)
     b = policy.compile_schedule(policy.profile(direct), budget=4, top_k=2)
     assert a.steps == b.steps
+
+
+def test_a_gap_longer_than_max_age_starts_the_history_afresh():
+    """Frames 0.1 s apart build a history; after a sensor gap longer than max_age the old
+    frames are not mixed with the new one (they would be read as one step earlier): the new
+    frame is repeated, as at an episode's start."""
+    from bac_ros.io.observer import ObservationAssembler
+
+    asm = ObservationAssembler(["image", "joints"], n_obs_steps=2, dt=0.1, max_age=0.5,
+                               primary="image")
+
+    def frame(t, v):
+        asm.add("joints", np.full(3, v), t)
+        return asm.add("image", np.full((2, 2, 3), v), t)
+
+    assert frame(100.0, 1) and frame(100.1, 2)
+    np.testing.assert_array_equal(asm.window()[0]["joints"][:, 0], [1, 2])
+    assert frame(100.5, 3)  # 0.4 s: within max_age, history kept
+    np.testing.assert_array_equal(asm.window()[0]["joints"][:, 0], [2, 3])
+    assert frame(110.0, 4)  # a 9.5 s gap
+    window, stamp = asm.window()
+    assert stamp == 110.0
+    np.testing.assert_array_equal(window["joints"][:, 0], [4, 4])
+    np.testing.assert_array_equal(window["image"][:, 0, 0, 0], [4, 4])
+    assert frame(110.1, 5)
+    np.testing.assert_array_equal(asm.window()[0]["joints"][:, 0], [4, 5])
 
 
 def test_bad_bags_are_refused(tmp_path, image_ckpt):
