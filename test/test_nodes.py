@@ -141,6 +141,19 @@ def test_configure_fails_cleanly_and_can_retry(ros, image_ckpt, tmp_path):
     node.destroy_node()  # tears down the policy, timers and publishers first
 
 
+def test_compressed_image_is_refused_for_a_policy_without_a_camera(ros, lowdim_ckpt, capfd):
+    node = PolicyNode(parameter_overrides=[Parameter("checkpoint", value=str(lowdim_ckpt)),
+                                           Parameter("device", value="cpu"),
+                                           Parameter("compressed_image", value=True)])
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.policy is None
+        assert "compressed_image is true, but this policy reads no camera" in \
+            capfd.readouterr().err
+    finally:
+        node.destroy_node()
+
+
 def test_overhead_client_measures_the_policy_node_process(image_ckpt):
     """What ``make bench`` runs for its node-overhead figure: the installed policy_node as its
     own process, one frame at a time, each answered before the next."""
@@ -310,6 +323,23 @@ def test_sim_node_camera_takes_effect_or_is_refused(ros):
         camera = "wrist" if "wrist" in refusal else "gripperPOV"
         with pytest.raises(ValueError, match=refusal):
             SimNode(parameter_overrides=[*overrides, Parameter("camera", value=camera)])
+
+
+def test_sim_node_refuses_lockstep_settings_in_real_time(capfd):
+    """n_action_steps and chunk_timeout pace lockstep only: in realtime (chunks executed by
+    time) a changed value would be ignored, so the installed node refuses it in one line."""
+    from bac_ros.nodes.sim_node import main
+
+    cases = ((["mode:=realtime", "chunk_timeout:=5.0"], "chunk_timeout is 5.0, but it applies "
+              "in lockstep only and mode is realtime"),
+             (["mode:=realtime", "n_action_steps:=4"], "n_action_steps is 4, but it applies"),
+             (["mode:=lockstep", "n_action_steps:=0"], "must all be positive"),
+             (["mode:=lockstep", "chunk_timeout:=0.0"], "must all be positive"))
+    for params, refusal in cases:
+        args = ["--ros-args"] + [a for p in params for a in ("-p", p)] + ["-p", "images:=false"]
+        assert main(args) == 1
+        err = capfd.readouterr().err.strip()
+        assert refusal in err and len(err.splitlines()) == 1
 
 
 def test_profiler_node_compiles_a_schedule_from_live_topics(ros, lowdim_ckpt, tmp_path):

@@ -381,6 +381,12 @@ def test_profiler_node_with_a_bad_checkpoint_exits_with_one_line(tmp_path, capfd
     err = capfd.readouterr().err.strip()
     assert "is not a bac_ros checkpoint folder" in err and "no schedule written" in err
     assert len(err.splitlines()) == 1 and not out.exists()
+    # parameters that would only fail (or never finish) after the wait for observations
+    for param, words in (("metric:=cosin", "metric is 'cosin'; expected one of"),
+                         ("observations:=0", "must be positive"),
+                         ("max_obs_age:=-1.0", "must be positive")):
+        assert main(["--ros-args", "-p", f"checkpoint:={tmp_path}", "-p", param]) == 1
+        assert words in capfd.readouterr().err
 
 
 # -- fuzz ------------------------------------------------------------------------------------

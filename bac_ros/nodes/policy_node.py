@@ -93,7 +93,8 @@ PARAMETERS = {
                     "upper action limits per dimension (one value: all dimensions)"),
     "limit_mode": ("clip", LIVE, "clip: clamp out-of-limit actions; refuse: drop the whole chunk"),
     "compressed_image": (False, CONFIGURE,
-                         "read cameras as sensor_msgs/CompressedImage on <key>/compressed"),
+                         "read cameras as sensor_msgs/CompressedImage on <key>/compressed "
+                         "(refused for a policy without a camera)"),
     "max_obs_age": (0.5, LIVE, "seconds: no inference on an observation older than this"),
     "max_chunk_age": (0.0, LIVE, "seconds: a chunk older than this (now - its observation's "
                                  "stamp) when it would be published is dropped; 0 = 2 x "
@@ -168,6 +169,9 @@ class PolicyNode(LifecycleNode):
             policy = self._torch.submit(
                 Policy.from_pretrained, p["checkpoint"], device=p["device"], dtype=p["dtype"],
                 schedule=p["schedule"] or None).result()
+            if p["compressed_image"] and not policy.cameras:
+                raise ValueError("compressed_image is true, but this policy reads no camera; "
+                                 "expected false")
             sources = observation_sources(policy.obs_spec, p["compressed_image"])
             convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"],
                                       policy.camera_frame) for s in sources}

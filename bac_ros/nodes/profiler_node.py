@@ -18,6 +18,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
+from bac_ros.cache.similarity import METRICS
 from bac_ros.io.messages import MessageError, stamp_seconds
 from bac_ros.io.observer import (
     ObservationAssembler,
@@ -46,6 +47,12 @@ class ProfilerNode(Node):
         for name, (default, text) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=text))
         self.p = {name: self.get_parameter(name).value for name in PARAMETERS}
+        # checked before the wait for observations, not after it
+        if self.p["metric"] not in METRICS:
+            raise ValueError(f"metric is {self.p['metric']!r}; expected one of {METRICS}")
+        if self.p["observations"] < 1 or not self.p["max_obs_age"] > 0:
+            raise ValueError(f"observations {self.p['observations']} and max_obs_age "
+                             f"{self.p['max_obs_age']} must be positive")
         from bac_ros.policy.policy import Policy
 
         self.policy = Policy.from_pretrained(self.p["checkpoint"], device=self.p["device"])

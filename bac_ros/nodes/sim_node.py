@@ -52,7 +52,8 @@ PARAMETERS = {
     "camera": ("", "Meta-World: the MuJoCo camera rendered on image (empty: corner; "
                    "gripperPOV is the wrist camera); a camera policy needs the one its "
                    "checkpoint records (task.camera)"),
-    "publish_clock": (False, "publish /clock (sim time starts at 1000 s)"),
+    "publish_clock": (False, "publish /clock (sim time starts at 1000 s); lockstep always "
+                             "does, since time must stand still while the world waits"),
     "joint_names": (["joint1", "joint2", "joint3"],
                     "arm: names in joint_states (Meta-World publishes the Sawyer's own names)"),
     "chunk_timeout": (30.0, "lockstep: seconds to wait for a chunk before the episode fails"),
@@ -69,6 +70,17 @@ class SimNode(Node):
             raise ValueError(f"mode is {self.p['mode']!r}; expected realtime or lockstep")
         if self.p["mode"] == "lockstep":  # time must stand still while the world waits
             self.p["publish_clock"] = True
+        else:  # realtime executes chunks by time: these two only pace lockstep
+            for name in ("n_action_steps", "chunk_timeout"):
+                if self.p[name] != PARAMETERS[name][0]:
+                    raise ValueError(f"{name} is {self.p[name]}, but it applies in lockstep "
+                                     "only and mode is realtime; expected mode lockstep or "
+                                     f"the default {PARAMETERS[name][0]}")
+        if self.p["n_action_steps"] < 1 or not self.p["chunk_timeout"] > 0 \
+                or self.p["episodes"] < 1:
+            raise ValueError(f"n_action_steps {self.p['n_action_steps']}, chunk_timeout "
+                             f"{self.p['chunk_timeout']} and episodes {self.p['episodes']} "
+                             "must all be positive")
         task = parse_task(self.p["task"])
         if self.p["max_steps"] < 0:
             raise ValueError(f"max_steps is {self.p['max_steps']}; expected 0 (the task's own "
@@ -237,7 +249,12 @@ class SimNode(Node):
 
 def main(args=None) -> int:
     rclpy.init(args=args)
-    node = SimNode()
+    try:
+        node = SimNode()
+    except ValueError as e:  # a refused parameter: one line, no trace
+        rclpy.logging.get_logger("bac_sim").error(str(e))
+        rclpy.try_shutdown()
+        return 1
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
