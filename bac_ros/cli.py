@@ -50,12 +50,27 @@ def _convert(args) -> int:
     return 0
 
 
+def _check_observation_args(args) -> None:
+    """``--joint-names`` and ``--max-observations`` of profile and tune: refused where they
+    would be ignored; the arm's joints when a bag is read without them."""
+    if args.joint_names is not None and not args.bag:
+        raise ValueError("--joint-names picks joints from a bag's joint_states; give --bag")
+    if args.max_observations < 0:
+        raise ValueError(f"--max-observations is {args.max_observations}; expected 0 (all) or "
+                         "a positive count")
+    if args.joint_names is None:
+        from bac_ros.sim.record import JOINT_NAMES
+
+        args.joint_names = list(JOINT_NAMES)
+
+
 def _profile(args) -> int:
     from tqdm import tqdm
 
     from bac_ros.policy.observations import load_observations
     from bac_ros.policy.policy import Policy
 
+    _check_observation_args(args)
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
     if args.bag:
         from bac_ros.io.bag import read_observation_windows
@@ -108,6 +123,7 @@ def _tune(args) -> int:
     from bac_ros.policy.policy import Policy
     from bac_ros.policy.tune import tune, tuned_schedule
 
+    _check_observation_args(args)
     policy = Policy.from_pretrained(args.checkpoint, device=args.device)
     observations, source = _tune_observations(args, policy)
     if args.max_observations:
@@ -206,12 +222,16 @@ def _demos(args) -> int:
     if mw is not None:
         from bac_ros.sim.metaworld import generate_demos as metaworld_demos
 
-        data = metaworld_demos(mw, args.episodes, seed=args.seed, noise=args.noise,
+        data = metaworld_demos(mw, args.episodes, seed=args.seed,
+                               noise=0.1 if args.noise is None else args.noise,
                                with_images=not args.no_images)
         save_npz(args.out, data)
         print(f"wrote {args.out}: {len(data['episode_ends'])} {mw.task} episodes, "
               f"{len(data['action'])} steps")
         return 0
+    if args.noise is not None:
+        raise ValueError("--noise perturbs a Meta-World expert's actions; the arm's expert "
+                         "varies its demonstrations by their seeds")
     data = generate_demos(args.episodes, seed=args.seed, with_images=not args.no_images)
     save_npz(_output(args.out), data)
     sides = data["episode_sides"]
@@ -270,6 +290,8 @@ def _distill(args) -> int:
     if metaworld and args.episodes is not None:
         raise ValueError("--episodes generates arm demonstrations; a Meta-World distillation "
                          "renders scenes of its own (--scene-episodes)")
+    if args.demos and args.episodes is not None:
+        raise ValueError("--episodes generates demonstrations; --demos gives them already")
     if args.demos:
         data = load_npz(args.demos)
     else:
@@ -293,8 +315,10 @@ def _train(args) -> int:
     if mw is not None and not args.demos:
         raise SystemExit("a Meta-World task trains on recorded demonstrations: pass --demos "
                          "(made by bac demos --task ...)")
+    if args.demos and args.episodes is not None:
+        raise ValueError("--episodes records demonstrations; --demos gives them already")
     data = (load_npz(args.demos) if args.demos else
-            generate_demos(args.episodes, seed=0, with_images=args.variant == "image"))
+            generate_demos(args.episodes or 200, seed=0, with_images=args.variant == "image"))
     spec = None
     if mw is not None:
         from bac_ros.sim.metaworld import demos_camera
@@ -443,8 +467,8 @@ def _profile_parser(sub) -> None:
     src.add_argument("--observations", type=Path,
                      help="npz with one (N, To, ...) array per observation key")
     src.add_argument("--bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
-    p.add_argument("--joint-names", nargs="+", default=["joint1", "joint2", "joint3"],
-                   help="joints read from joint_states (with --bag)")
+    p.add_argument("--joint-names", nargs="+",
+                   help="with --bag: joints read from joint_states (default: the arm's)")
     p.add_argument("--out", type=Path, required=True, help="schedule YAML to write")
     p.add_argument("--budget", "-S", type=int, default=10, help="ACS updates per block")
     p.add_argument("--top-k", "-k", type=int, default=5, help="BUA blocks (<2 disables BUA)")
@@ -461,9 +485,9 @@ def _profile_parser(sub) -> None:
 def _demos_parser(sub) -> None:
     p = sub.add_parser("demos", help="record expert demonstrations of a task")
     p.add_argument("--task", default="arm", help="arm (the bundled task) or metaworld:TASK")
-    p.add_argument("--noise", type=float, default=0.1,
+    p.add_argument("--noise", type=float,
                    help="Meta-World: std of the noise added to executed expert actions (labels "
-                        "stay clean)")
+                        "stay clean; default 0.1)")
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-images", action="store_true", help="skip camera frames (low-dim only)")
@@ -526,7 +550,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--task", default="arm", help="arm (the bundled task) or metaworld:TASK")
     p.add_argument("--variant", choices=("lowdim", "image"), default="lowdim")
     p.add_argument("--demos", type=Path, help="demonstrations npz (default: record --episodes)")
-    p.add_argument("--episodes", type=int, default=200)
+    p.add_argument("--episodes", type=int,
+                   help="arm without --demos: demonstrations to record (default 200)")
     p.add_argument("--steps", type=int, default=8000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -595,7 +620,8 @@ def _tune_parser(sub) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--latency-ms", type=float, help="median batch-1 latency budget here")
     budget.add_argument("--speedup", type=float, help="at least this much faster than full")
-    p.add_argument("--joint-names", nargs="+", default=["joint1", "joint2", "joint3"])
+    p.add_argument("--joint-names", nargs="+",
+                   help="with --bag: joints read from joint_states (default: the arm's)")
     p.add_argument("--max-observations", type=int, default=0)
     p.add_argument("--fidelity-obs", type=int, default=16)
     p.add_argument("--samples", type=int, default=16, help="chunks per observation and side")

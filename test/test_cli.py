@@ -53,6 +53,34 @@ def test_user_errors_are_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "ck").exists()
 
 
+def test_flags_that_would_be_ignored_are_refused(native, tmp_path, capsys):
+    """Each flag below does nothing in the combination given, so the command refuses it in one
+    sentence before any work (and writes nothing)."""
+    obs = tmp_path / "obs.npz"
+    save_observations(obs, [{"obs": np.zeros((TO, OBS_DIM), np.float32)}] * 2)
+    out = str(tmp_path / "out.yaml")
+    demos = tmp_path / "d.npz"
+    cases = [
+        (["profile", "--checkpoint", str(native), "--observations", str(obs), "--out", out,
+          "--joint-names", "a", "b"], "--joint-names picks joints from a bag's joint_states"),
+        (["tune", "--checkpoint", str(native), "--observations", str(obs), "--speedup", "2",
+          "--out", out,
+          "--joint-names", "a"], "--joint-names picks joints from a bag's joint_states"),
+        (["profile", "--checkpoint", str(native), "--observations", str(obs), "--out", out,
+          "--max-observations", "-1"], "--max-observations is -1; expected 0 (all)"),
+        (["demos", "--noise", "0.2", "--episodes", "1", "--out", str(demos)],
+         "--noise perturbs a Meta-World expert's actions"),
+        (["train", "--demos", str(demos), "--episodes", "5", "--out", str(tmp_path / "ck")],
+         "--episodes records demonstrations; --demos gives them already"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out.yaml").exists() and not demos.exists()
+    assert not (tmp_path / "ck").exists()
+
+
 def test_top_level_help_shows_every_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["no-such-command"])  # argparse names every subcommand it has
