@@ -375,7 +375,8 @@ def finish_model(res: dict, policy: Policy, ckpt: Path, args, plots: Path, log) 
     overhead = None
     if policy.device.type == "cpu" or args.node_on_cuda:
         try:
-            overhead = node_overhead(ckpt, bac10["method"].split(":", 1)[1], args.node_chunks)
+            overhead = node_overhead(ckpt, bac10["method"].split(":", 1)[1], args.node_chunks,
+                                     device=str(policy.device))
         except RuntimeError as err:  # the report says so; the measured rows are kept
             log(f"  node overhead not measured: {err}")
             overhead = {"error": str(err)}
@@ -660,7 +661,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int)
     ap.add_argument("--out", type=Path,
                     help="markdown report (default by device); plots go to plots/bench/ beside it")
-    ap.add_argument("--node-on-cuda", action="store_true")
+    ap.add_argument("--node-on-cuda", action="store_true",
+                    help="on a CUDA device: measure the policy node's overhead there too (by "
+                         "default only a CPU run measures it)")
     ap.add_argument("--keep", type=Path,
                     help="bench json whose sections for checkpoints not measured in this run "
                          "are carried over (each keeps the run that measured it)")
@@ -807,6 +810,9 @@ def main(argv=None) -> int:
         "*/config.yaml"))
     t0 = time.perf_counter()
     device = resolve_device(args.device)
+    if args.node_on_cuda and device.type != "cuda":
+        raise SystemExit(f"--node-on-cuda measures the node on CUDA, but the device is "
+                         f"{device}; expected a CUDA --device")
     slug = "" if device.type == "cpu" else "_" + device_label(device).replace(" ", "_")
     docs = ROOT / ("out" if args.quick else "docs")  # a quick run never replaces the docs
     out = args.out or docs / f"BENCHMARKS{slug}.md"

@@ -90,3 +90,12 @@ def test_fidelity_ranks_are_reported_per_task_and_pooled(rendered):
                                                      abs=0.005)
     pooled = next(li for li in text.splitlines() if li.startswith("| pooled (success − full) |"))
     assert pooled.split("|")[2].strip() == str(26 + 5 + 5 + 5 + 5)
+
+
+def test_node_on_cuda_without_a_cuda_device_is_refused(tmp_path):
+    """--node-on-cuda would measure nothing more on a CPU run: refused before any work."""
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--node-on-cuda", "--device",
+                           "cpu", "--out", str(tmp_path / "B.md")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "--node-on-cuda measures the node on CUDA" in done.stderr
+    assert not list(tmp_path.iterdir())

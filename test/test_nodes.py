@@ -157,8 +157,8 @@ def test_compressed_image_is_refused_for_a_policy_without_a_camera(ros, lowdim_c
 def test_overhead_client_measures_the_policy_node_process(image_ckpt):
     """What ``make bench`` runs for its node-overhead figure: the installed policy_node as its
     own process, one frame at a time, each answered before the next."""
-    res = measure_overhead(image_ckpt, chunks=3, warmup=1)
-    assert res["schedule"] == "full" and res["chunks"] == 3
+    res = measure_overhead(image_ckpt, chunks=3, warmup=1, device="cpu")
+    assert res["schedule"] == "full" and res["chunks"] == 3 and res["device"] == "cpu"
     assert res["model_ms_median"] > 0 and res["node_overhead_ms_median"] > 0
     assert 0 < res["client_overhead_ms_median"] <= res["client_overhead_ms_p95"]
 

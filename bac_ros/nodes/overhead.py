@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from ament_index_python.packages import get_package_prefix
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, KeyValue
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -55,9 +55,11 @@ def _messages(obs_spec: dict, rng: np.random.Generator, joint_names: list[str]) 
 
 
 def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int = 5,
-            timeout: float = 120.0, frame_timeout: float = 2.0, max_sends: int = 6) -> dict:
+            timeout: float = 120.0, frame_timeout: float = 2.0, max_sends: int = 6,
+            device: str = "auto") -> dict:
     """Median/p95 overhead (ms) over ``chunks`` frames after ``warmup`` frames, with the
-    policy node on ``schedule`` (a file or ``uniform:N``; empty: full compute)."""
+    policy node on ``schedule`` (a file or ``uniform:N``; empty: full compute) and
+    ``device``."""
     config = load_native(checkpoint).config
     obs_spec = {k: (tuple(v["shape"]), v.get("type", "low_dim"))
                 for k, v in config["policy"]["obs"].items()}
@@ -66,7 +68,7 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
     exe = Path(get_package_prefix("bac_ros")) / "lib" / "bac_ros" / "policy_node"
     ns = f"bench_{os.getpid()}"
     cmd = [sys.executable, str(exe), "--ros-args", "-r", f"__ns:=/{ns}",
-           "-p", f"checkpoint:={checkpoint}",
+           "-p", f"checkpoint:={checkpoint}", "-p", f"device:={device}",
            *(["-p", f"schedule:={schedule}"] if schedule else []),  # rcl refuses an empty value
            "-p", "replan_steps:=1", "-p", "max_obs_age:=5.0", "-p", "publish_trajectory:=false",
            "-p", f"joint_names:={json.dumps(joint_names)}", "--log-level", "warn"]
@@ -86,8 +88,7 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
         diagnostics: dict[str, str] = {}
         node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diagnostics.update(
             {kv.key: kv.value for st in m.status if st.name == f"/{ns}/bac_policy"
-             for kv in st.values}),
-            10)
+             for kv in [*st.values, KeyValue(key="device", value=st.hardware_id)]}), 10)
         rng = np.random.default_rng(0)
         deadline = time.monotonic() + timeout
         while node.count_subscribers(next(iter(pubs))) == 0:  # the node is configured
@@ -135,6 +136,7 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
             proc.kill()
             proc.wait()
     return {"checkpoint": str(checkpoint), "schedule": schedule or "full", "chunks": chunks,
+            "device": diagnostics["device"],  # as the node reports it
             "frames_resent": resent,
             "node_overhead_ms_median": float(diagnostics["overhead_ms_median"]),
             "client_overhead_ms_median": float(np.median(overheads)),
