@@ -340,6 +340,9 @@ def _eval(args) -> int:
     from bac_ros.sim import cluster
     from bac_ros.sim.evaluate import AT_END
 
+    if args.latency_ms is not None and args.mode == "lockstep":
+        raise ValueError("--latency-ms fixes the chunk latency of real time; lockstep waits for "
+                         "every chunk, so it would change nothing; expected --mode realtime")
     execution = execution_settings({"replan": args.replan, "seam": args.seam,
                                     "seam_weight": args.seam_weight,
                                     "warm_start": args.warm_start,

@@ -181,6 +181,7 @@ def test_bad_cluster_input_is_one_sentence(tiny, capsys, monkeypatch):
         (["--workers", "2", "--mode", "realtime"], "needs a fixed latency (--latency-ms)"),
         (["--workers", str(os.cpu_count() + 1)], "each worker needs at least one torch thread"),
         (["--cell-episodes", "2"], "give --workers N or --ray ADDRESS too"),
+        (["--latency-ms", "50", "--mode", "lockstep"], "lockstep waits for every chunk"),
     ]
     for extra, expected in cases:
         assert main(base + extra) == 1
