@@ -32,8 +32,12 @@ def generate_launch_description():
                                           "sampler ('' = full compute)"),
         DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda"),
         DeclareLaunchArgument("use_sim_time", default_value="false"),
-        DeclareLaunchArgument("image_topic", default_value="image"),
+        DeclareLaunchArgument("image_topic", default_value="image",
+                              description="the camera (with compressed_image: true in the "
+                                          "params file, <image_topic>/compressed)"),
         DeclareLaunchArgument("joint_states_topic", default_value="joint_states"),
+        DeclareLaunchArgument("state_topic", default_value="state",
+                              description="low-dim policies: the state vector"),
         DeclareLaunchArgument("action_chunk_topic", default_value="action_chunk"),
         DeclareLaunchArgument("instruction", default_value="",
                               description="VLA heads only: the task instruction"),
@@ -54,7 +58,10 @@ def generate_launch_description():
             }],
             remappings=[
                 ("image", arg("image_topic")),
+                # a rule for "image" leaves "image/compressed" as it is
+                ("image/compressed", [arg("image_topic"), "/compressed"]),
                 ("joint_states", arg("joint_states_topic")),
+                ("state", arg("state_topic")),
                 ("action_chunk", arg("action_chunk_topic")),
                 ("joint_trajectory", arg("trajectory_topic")),
                 ("instruction", arg("instruction_topic")),

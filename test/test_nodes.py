@@ -263,6 +263,7 @@ def test_launch_files_name_only_installed_things():
         used = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call)
                 and getattr(c.func, "id", "") == "arg"}
         assert used <= set(declared), f"{f.name} uses undeclared arguments {used - set(declared)}"
+        assert set(declared) <= used, f"{f.name} declares unused {set(declared) - used}"
 
 
 @pytest.fixture(scope="module")
