@@ -84,7 +84,8 @@ PARAMETERS = {
     "warm_start": (-1.0, LIVE,
                    "fraction of denoising steps skipped by starting from the committed chunk, "
                    "shifted and re-noised, when the new observation falls inside it (0: off; "
-                   "-1: as the schedule file says)"),
+                   "-1: as the schedule file says); whole steps, rounded down, so under 1/K of "
+                   "a K-step sampler skips none"),
     "joint_names": (["joint1", "joint2", "joint3"], CONFIGURE,
                     "joints read from joint_states, in the policy's order; also the action names"),
     "action_low": ([-math.inf], LIVE,
