@@ -88,7 +88,8 @@ def main(argv=None) -> int:
     seeds = range(args.seed, args.seed + args.episodes)
     partial = args.out.with_suffix(".partial.json")
     run = {"checkpoint": str(args.checkpoint), "model": policy.fingerprint,
-           "episodes": args.episodes, "seed": args.seed}
+           "episodes": args.episodes, "seed": args.seed,
+           "device": str(policy.device)}  # rows hold its latencies: never mixed across devices
     done = json.loads(partial.read_text()) if partial.is_file() else {}
     done = done.get("rows", {}) if done.get("run") == run else {}
     methods = methods_of(args.checkpoint)
