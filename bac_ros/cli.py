@@ -292,6 +292,8 @@ def _distill(args) -> int:
                          "renders scenes of its own (--scene-episodes)")
     if args.demos and args.episodes is not None:
         raise ValueError("--episodes generates demonstrations; --demos gives them already")
+    if args.episodes is not None and args.episodes < 1:
+        raise ValueError(f"--episodes is {args.episodes}; expected a positive count")
     if args.demos:
         data = load_npz(args.demos)
     else:
@@ -317,6 +319,8 @@ def _train(args) -> int:
                          "(made by bac demos --task ...)")
     if args.demos and args.episodes is not None:
         raise ValueError("--episodes records demonstrations; --demos gives them already")
+    if args.episodes is not None and args.episodes < 1:
+        raise ValueError(f"--episodes is {args.episodes}; expected a positive count")
     data = (load_npz(args.demos) if args.demos else
             generate_demos(args.episodes or 200, seed=0, with_images=args.variant == "image"))
     spec = None

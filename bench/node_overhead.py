@@ -19,12 +19,13 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", type=Path, required=True)
     ap.add_argument("--schedule", default="")
     ap.add_argument("--chunks", type=int, default=40)
+    ap.add_argument("--device", default="auto", help="the policy node's device")
     args = ap.parse_args(argv)
-    r = measure(args.checkpoint, args.schedule, args.chunks)
+    r = measure(args.checkpoint, args.schedule, args.chunks, device=args.device)
     print(f"node overhead: median {r['node_overhead_ms_median']:.2f} ms per chunk (last 50); "
           f"client view (published -> received, minus model): median "
           f"{r['client_overhead_ms_median']:.2f} ms, p95 {r['client_overhead_ms_p95']:.2f} ms "
-          f"(model {r['model_ms_median']:.1f} ms, {r['chunks']} chunks)")
+          f"(model {r['model_ms_median']:.1f} ms, {r['chunks']} chunks, node on {r['device']})")
     return 0
 
 

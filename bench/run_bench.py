@@ -494,7 +494,8 @@ def _costs(res: dict) -> list[str]:
     elif o:
         lines += [
             f"Policy node overhead (`python bench/node_overhead.py --checkpoint "
-            f"{res['checkpoint']} --schedule <BAC S=10 k=5>`; the node process as on a "
+            f"{res['checkpoint']} --schedule <BAC S=10 k=5>"
+            f"{' --device ' + o['device'] if 'device' in o else ''}`; the node process as on a "
             f"robot): newest observation received → chunk published, minus model time, "
             f"median {o['node_overhead_ms_median']:.2f} ms per chunk as the node reports it "
             f"on /diagnostics; seen from a client in another process (observation published "

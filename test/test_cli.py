@@ -72,6 +72,8 @@ def test_flags_that_would_be_ignored_are_refused(native, tmp_path, capsys):
          "--noise perturbs a Meta-World expert's actions"),
         (["train", "--demos", str(demos), "--episodes", "5", "--out", str(tmp_path / "ck")],
          "--episodes records demonstrations; --demos gives them already"),
+        (["train", "--episodes", "0", "--out", str(tmp_path / "ck")],
+         "--episodes is 0; expected a positive count"),
     ]
     for argv, words in cases:
         assert main(argv) == 1, argv

@@ -202,7 +202,7 @@ def test_bag_profile_equals_in_process_profile(tmp_path, storage):
 
 
 def test_a_gap_longer_than_max_age_starts_the_history_afresh():
-    """Frames 0.1 s apart build a history; after a sensor gap longer than max_age the old
+    """Frames 0.1 s apart build a history; after a sensor gap longer than dt + max_age the old
     frames are not mixed with the new one (they would be read as one step earlier): the new
     frame is repeated, as at an episode's start."""
     from bac_ros.io.observer import ObservationAssembler
@@ -216,7 +216,7 @@ def test_a_gap_longer_than_max_age_starts_the_history_afresh():
 
     assert frame(100.0, 1) and frame(100.1, 2)
     np.testing.assert_array_equal(asm.window()[0]["joints"][:, 0], [1, 2])
-    assert frame(100.5, 3)  # 0.4 s: within max_age, history kept
+    assert frame(100.6, 3)  # 0.5 s: within dt + max_age, history kept
     np.testing.assert_array_equal(asm.window()[0]["joints"][:, 0], [2, 3])
     assert frame(110.0, 4)  # a 9.5 s gap
     window, stamp = asm.window()
@@ -225,6 +225,13 @@ def test_a_gap_longer_than_max_age_starts_the_history_afresh():
     np.testing.assert_array_equal(window["image"][:, 0, 0, 0], [4, 4])
     assert frame(110.1, 5)
     np.testing.assert_array_equal(asm.window()[0]["joints"][:, 0], [4, 5])
+    # a bound under the frame spacing (30 Hz camera, 10 Hz policy, max_age 0.05) still keeps
+    # a history of frames dt apart
+    asm = ObservationAssembler(["image", "joints"], n_obs_steps=2, dt=0.1, max_age=0.05,
+                               primary="image")
+    for i in range(7):
+        frame(200.0 + i / 30, i)
+    np.testing.assert_array_equal(asm.window()[0]["joints"][:, 0], [3, 6])
 
 
 def test_bad_bags_are_refused(tmp_path, image_ckpt):
@@ -283,12 +290,17 @@ def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
     from bac_ros.nodes.sim_node import SimNode
 
     sim = SimNode(parameter_overrides=[Parameter("mode", value="lockstep"),
-                                       Parameter("episodes", value=1),
+                                       Parameter("episodes", value=2),
+                                       Parameter("max_steps", value=12),
                                        Parameter("images", value=False),
                                        Parameter("n_action_steps", value=4)])
     node, executor, thread = start_policy_node({"checkpoint": str(lowdim_ckpt), "device": "cpu",
                                                 "use_sim_time": True, "replan_steps": 1,
                                                 "seam": "none"})
+    stamps = []
+    node.create_subscription(ActionChunk, "action_chunk",
+                             lambda m: stamps.append(m.header.stamp.sec
+                                                     + m.header.stamp.nanosec * 1e-9), 50)
     local = rclpy.executors.SingleThreadedExecutor()
     local.add_node(sim)
     try:
@@ -296,11 +308,15 @@ def test_lockstep_sim_and_policy_on_sim_time(ros, lowdim_ckpt):
     finally:
         stop_policy_node(node, executor, thread)
         sim.destroy_node()
-    result = sim.results[0]
-    assert result["steps"] > 4 and result["seed"] == 100_000
-    assert result["timeout_waiting"] is False
+    for i, result in enumerate(sim.results):
+        assert result["steps"] == 12 and result["seed"] == 100_000 + i
+        assert result["timeout_waiting"] is False
     # every chunk answered an observation: 4 actions per chunk
-    assert len(sim.chunk_arrivals) >= result["steps"] // 4
+    assert len(sim.chunk_arrivals) >= 2 * 12 // 4
+    # the second episode starts after a break of sim time, so its first chunk is computed from
+    # its own first frame, not from the history of the first episode (same stamp before)
+    gaps = np.diff(sorted(set(stamps)))
+    assert (gaps > 5.0).sum() == 1 and (gaps < 1.0).sum() == len(gaps) - 1
 
 
 def test_sim_node_camera_takes_effect_or_is_refused(ros):

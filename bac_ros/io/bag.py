@@ -17,7 +17,7 @@ from bac_ros.io.observer import (
     JOINT_STATE,
     VECTOR,
     ObservationAssembler,
-    converter,
+    converters,
     observation_sources,
     primary_key,
     windows_from_messages,
@@ -45,8 +45,7 @@ def read_observation_windows(bag: str | Path, policy, joint_names: Sequence[str]
 
     bag = Path(bag)
     sources = observation_sources(policy.obs_spec)
-    convs = {s.key: converter(s, policy.obs_spec[s.key][0], joint_names, policy.camera_frame)
-             for s in sources}
+    convs = converters(sources, policy, joint_names)
     try:
         reader = AnyReader([bag], default_typestore=_typestore())
         reader.open()

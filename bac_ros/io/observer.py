@@ -79,13 +79,21 @@ def converter(source: Source, shape: tuple[int, ...], joint_names: Sequence[str]
     return lambda msg: vector(msg, int(np.prod(shape)))
 
 
+def converters(sources: Sequence[Source], policy, joint_names: Sequence[str]
+               ) -> dict[str, Callable]:
+    """:func:`converter` of every source of ``policy``, images checked against its camera."""
+    return {s.key: converter(s, policy.obs_spec[s.key][0], joint_names, policy.camera_frame)
+            for s in sources}
+
+
 class ObservationAssembler:
     """Latest value per key; a frame of the primary key (the camera, else the first key)
     appends a snapshot of all keys to the last-``n_obs_steps`` history, at most once per
     ``dt`` of its stamps: faster cameras are decimated to the policy's rate. A frame more than
-    ``max_age`` after the previous one starts the history afresh (its older frames are stale,
-    and would be read as one step earlier): after a sensor gap, as after a bag's episode break,
-    the policy sees the new frame repeated, as at the start of an episode."""
+    ``dt + max_age`` after the previous one (a gap beyond the history's own spacing) starts the
+    history afresh (its older frames are stale, and would be read as one step earlier): after a
+    sensor gap, as after a bag's episode break, the policy sees the new frame repeated, as at
+    the start of an episode."""
 
     def __init__(self, keys: Sequence[str], n_obs_steps: int, dt: float, max_age: float,
                  primary: str | None = None):
@@ -109,7 +117,7 @@ class ObservationAssembler:
             return False
         if self.stale_keys(stamp):
             return False
-        if stamp - self._last_frame > self.max_age:
+        if stamp - self._last_frame > self.dt + self.max_age:
             self.history.clear()
         self._last_frame = stamp
         self.history.append(({k: self.latest[k][0] for k in self.keys}, stamp))

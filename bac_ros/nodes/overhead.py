@@ -33,18 +33,22 @@ from std_msgs.msg import Float32MultiArray
 from bac_ros.io.observer import IMAGE, JOINT_STATE, observation_sources
 from bac_ros.msg import ActionChunk
 from bac_ros.policy.checkpoint import load_native
+from bac_ros.policy.policy import camera_frame
 
 
-def _messages(obs_spec: dict, rng: np.random.Generator, joint_names: list[str]) -> list:
-    """One frame of messages (topic, message), the camera last: its arrival makes the frame."""
+def _messages(obs_spec: dict, rng: np.random.Generator, joint_names: list[str],
+              camera: str) -> list:
+    """One frame of messages (topic, message), the camera last: its arrival makes the frame;
+    images name ``camera`` (the checkpoint's, which the node checks) in their frame_id."""
     out = []
     for s in observation_sources(obs_spec):
         shape = obs_spec[s.key][0]
         if s.msgtype == IMAGE:
             h, w = int(shape[1]), int(shape[2])
             data = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            out.append((s.topic, Image(height=h, width=w, encoding="rgb8", step=w * 3,
-                                       data=data.tobytes())))
+            img = Image(height=h, width=w, encoding="rgb8", step=w * 3, data=data.tobytes())
+            img.header.frame_id = camera
+            out.append((s.topic, img))
         elif s.msgtype == JOINT_STATE:
             out.insert(0, (s.topic, JointState(name=joint_names,
                                                position=rng.uniform(-1, 1, 3).tolist())))
@@ -97,7 +101,7 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
             rclpy.spin_once(node, timeout_sec=0.1)
         overheads, models, resent = [], [], 0
         for i in range(warmup + chunks):
-            frame = _messages(obs_spec, rng, joint_names)
+            frame = _messages(obs_spec, rng, joint_names, camera_frame(config) or "")
             before = len(received)
             for _send in range(max_sends):  # the camera topic is best effort: frames drop
                 for _, msg in frame:

@@ -36,7 +36,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from bac_ros.io.messages import MessageError, fill_chunk, stamp_seconds
 from bac_ros.io.observer import (
     ObservationAssembler,
-    converter,
+    converters,
     observation_sources,
     primary_key,
 )
@@ -174,8 +174,7 @@ class PolicyNode(LifecycleNode):
                 raise ValueError("compressed_image is true, but this policy reads no camera; "
                                  "expected false")
             sources = observation_sources(policy.obs_spec, p["compressed_image"])
-            convs = {s.key: converter(s, policy.obs_spec[s.key][0], p["joint_names"],
-                                      policy.camera_frame) for s in sources}
+            convs = converters(sources, policy, p["joint_names"])
             settings = live_settings(p, policy)
         except Exception as e:  # configure must fail cleanly, whatever went wrong
             self._configure_failed(e, p["checkpoint"])

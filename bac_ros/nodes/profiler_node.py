@@ -22,7 +22,7 @@ from bac_ros.cache.similarity import METRICS
 from bac_ros.io.messages import MessageError, stamp_seconds
 from bac_ros.io.observer import (
     ObservationAssembler,
-    converter,
+    converters,
     observation_sources,
     primary_key,
 )
@@ -57,8 +57,7 @@ class ProfilerNode(Node):
 
         self.policy = Policy.from_pretrained(self.p["checkpoint"], device=self.p["device"])
         sources = observation_sources(self.policy.obs_spec)
-        convs = {s.key: converter(s, self.policy.obs_spec[s.key][0], self.p["joint_names"],
-                                  self.policy.camera_frame) for s in sources}
+        convs = converters(sources, self.policy, self.p["joint_names"])
         self.assembler = ObservationAssembler([s.key for s in sources], self.policy.n_obs_steps,
                                               self.policy.dt, self.p["max_obs_age"],
                                               primary_key(self.policy.obs_spec))

@@ -41,6 +41,8 @@ from bac_ros.io.messages import MessageError, chunk_actions, stamp_seconds
 from bac_ros.msg import ActionChunk
 from bac_ros.sim.tasks import camera_frame, make_env, parse_task
 
+EPISODE_BREAK_S = 10.0  # sim time between episodes (with /clock)
+
 PARAMETERS = {
     "task": ("arm", "arm | metaworld:TASK (e.g. metaworld:drawer-open)"),
     "mode": ("realtime", "realtime | lockstep"),
@@ -132,6 +134,10 @@ class SimNode(Node):
             self.finished = True
             return
         self.seed = self.p["seed"] + self.episode
+        if self.episode and self.clock_pub is not None:
+            # a break of sim time between episodes: the policy node's history of the last one
+            # lies past max_obs_age, so the new episode's first chunk is of its own frame only
+            self.sim_time += EPISODE_BREAK_S
         self.obs = self.env.reset(self.seed)
         self.chunk, self.executed, self.chunks_used = None, 0, 0
         self.running: tuple[float, np.ndarray] | None = None  # the chunk the last tick ran

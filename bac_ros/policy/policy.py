@@ -80,6 +80,15 @@ class Sampling:
                        warm_start=int(warm_start))
 
 
+def camera_frame(config: dict) -> str | None:
+    """The camera a checkpoint's images must come from, when it reads images and records one
+    (Meta-World's ``task.camera``): image messages name it in ``header.frame_id``, so a view
+    the policy was not trained on is refused rather than acted on. None: any."""
+    camera = (config.get("task") or {}).get("camera")
+    reads_images = any(v.get("type") in IMAGE_TYPES for v in config["policy"]["obs"].values())
+    return str(camera) if camera and reads_images else None
+
+
 @register_policy("dpt_lowdim", "dpt_image")
 class Policy:
     """A loaded DP-T policy with its normaliser, observation encoder, sampler and schedule."""
@@ -160,11 +169,8 @@ class Policy:
 
     @property
     def camera_frame(self) -> str | None:
-        """The camera this policy's images must come from, when its checkpoint records one
-        (Meta-World's ``task.camera``): image messages name it in ``header.frame_id``, so a
-        view the policy was not trained on is refused rather than acted on. None: any."""
-        record = self.config.get("task") or {}
-        return str(record["camera"]) if self.reads_images and record.get("camera") else None
+        """:func:`camera_frame` of this policy's checkpoint config."""
+        return camera_frame(self.config)
 
     @staticmethod
     def build_model(config: dict) -> torch.nn.Module:
