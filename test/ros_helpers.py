@@ -64,6 +64,20 @@ def stop_policy_node(node, executor, thread):
     node.destroy_node()  # tears down the policy, timers and publishers first
 
 
+def run_sim(sim, probe, policy, until, timeout: float) -> bool:
+    """Spin ``sim`` and ``probe`` until ``until()`` (or ``timeout``), then stop ``policy``
+    (start_policy_node's triple) and destroy both; whether ``until()`` was reached."""
+    local = SingleThreadedExecutor()
+    local.add_node(sim)
+    local.add_node(probe)
+    try:
+        return spin_until(local, until, timeout)
+    finally:
+        stop_policy_node(*policy)
+        sim.destroy_node()
+        probe.destroy_node()
+
+
 class Running:
     """A PolicyNode spinning on its own executor thread, plus a client that talks to it and
     checks every chunk and trajectory it publishes against the configured limits."""

@@ -248,7 +248,7 @@ def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
     from ament_index_python.packages import get_package_share_directory
     from helpers import SMALL
     from rclpy.parameter import Parameter
-    from ros_helpers import spin_until, start_policy_node, stop_policy_node
+    from ros_helpers import run_sim, start_policy_node
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
@@ -275,21 +275,13 @@ def test_sim_node_runs_a_metaworld_task_for_the_policy_node(tmp_path):
             Parameter("task", value="metaworld:drawer-open"), Parameter("mode", value="lockstep"),
             Parameter("episodes", value=1), Parameter("images", value=False),
             Parameter("n_action_steps", value=4), Parameter("max_steps", value=24)])
-        node, executor, thread = start_policy_node(params)
+        policy = start_policy_node(params)
         probe = rclpy.create_node("mw_probe")
         joints, results, trajectories = [], [], []
         probe.create_subscription(JointState, "joint_states", joints.append, 50)
         probe.create_subscription(String, "episode_result", results.append, 10)
         probe.create_subscription(JointTrajectory, "joint_trajectory", trajectories.append, 10)
-        local = rclpy.executors.SingleThreadedExecutor()
-        local.add_node(sim)
-        local.add_node(probe)
-        try:
-            assert spin_until(local, lambda: sim.finished and results, timeout=180)
-        finally:
-            stop_policy_node(node, executor, thread)
-            sim.destroy_node()
-            probe.destroy_node()
+        assert run_sim(sim, probe, policy, lambda: sim.finished and results, timeout=180)
     finally:
         rclpy.try_shutdown()
     result = json.loads(results[0].data)
@@ -316,7 +308,7 @@ def test_the_policy_node_acts_only_on_images_of_its_own_camera(tmp_path):
     from helpers import TINY
     from rclpy.parameter import Parameter
     from rclpy.qos import qos_profile_sensor_data
-    from ros_helpers import spin_until, start_policy_node, stop_policy_node
+    from ros_helpers import run_sim, start_policy_node
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
@@ -340,21 +332,13 @@ def test_the_policy_node_acts_only_on_images_of_its_own_camera(tmp_path):
             Parameter("camera", value="gripperPOV"), Parameter("episodes", value=1),
             Parameter("n_action_steps", value=4), Parameter("max_steps", value=8),
             Parameter("chunk_timeout", value=4.0)])
-        node, executor, thread = start_policy_node({**params, "checkpoint": str(ckpt)})
+        policy = start_policy_node({**params, "checkpoint": str(ckpt)})
         probe = rclpy.create_node("camera_probe")
         frames, results = [], []
         probe.create_subscription(Image, "image", frames.append, qos_profile_sensor_data)
         probe.create_subscription(String, "episode_result", results.append, 10)
-        local = rclpy.executors.SingleThreadedExecutor()
-        local.add_node(sim)
-        local.add_node(probe)
-        try:
-            assert spin_until(local, lambda: sim.finished and results, timeout=120)
-            rejected = (node.stats["rejected_msgs"], node.last_problem)
-        finally:
-            stop_policy_node(node, executor, thread)
-            sim.destroy_node()
-            probe.destroy_node()
+        assert run_sim(sim, probe, policy, lambda: sim.finished and results, timeout=120)
+        rejected = (policy[0].stats["rejected_msgs"], policy[0].last_problem)
         return json.loads(results[0].data), frames, rejected, sim.chunk_arrivals
 
     rclpy.init()

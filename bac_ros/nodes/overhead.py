@@ -100,8 +100,9 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
                 raise RuntimeError(f"policy_node did not come up: {proc.stderr.read()[-2000:]}")
             rclpy.spin_once(node, timeout_sec=0.1)
         overheads, models, resent = [], [], 0
+        camera = camera_frame(config) or ""
         for i in range(warmup + chunks):
-            frame = _messages(obs_spec, rng, joint_names, camera_frame(config) or "")
+            frame = _messages(obs_spec, rng, joint_names, camera)
             before = len(received)
             for _send in range(max_sends):  # the camera topic is best effort: frames drop
                 for _, msg in frame:

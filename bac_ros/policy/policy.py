@@ -27,7 +27,7 @@ from bac_ros.cache.schedule import Schedule, ScheduleError, model_fingerprint
 from bac_ros.cache.schedulers import DEFAULT_INFERENCE_STEPS, build_scheduler
 from bac_ros.models.dpt import TransformerForDiffusion
 from bac_ros.models.normalizer import LinearNormalizer
-from bac_ros.models.vision import IMAGE_TYPES, build_obs_encoder
+from bac_ros.models.vision import IMAGE_TYPES, build_obs_encoder, image_keys
 from bac_ros.policy.checkpoint import Checkpoint, CheckpointError
 from bac_ros.policy.factory import load_policy, register_policy
 from bac_ros.policy.loading import load_weights
@@ -85,8 +85,7 @@ def camera_frame(config: dict) -> str | None:
     (Meta-World's ``task.camera``): image messages name it in ``header.frame_id``, so a view
     the policy was not trained on is refused rather than acted on. None: any."""
     camera = (config.get("task") or {}).get("camera")
-    reads_images = any(v.get("type") in IMAGE_TYPES for v in config["policy"]["obs"].values())
-    return str(camera) if camera and reads_images else None
+    return str(camera) if camera and image_keys(config["policy"]["obs"]) else None
 
 
 @register_policy("dpt_lowdim", "dpt_image")
