@@ -59,7 +59,7 @@ def _check_observation_args(args) -> None:
         raise ValueError(f"--max-observations is {args.max_observations}; expected 0 (all) or "
                          "a positive count")
     if args.joint_names is None:
-        from bac_ros.sim.record import JOINT_NAMES
+        from bac_ros.sim.arm import JOINT_NAMES
 
         args.joint_names = list(JOINT_NAMES)
 

@@ -676,6 +676,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     cluster_arguments(ap, "closed-loop success on N local Ray workers (latency stays here)",
                       "closed-loop success on the Ray cluster at ADDRESS (HOST:PORT)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        measuring = [flag for flag, value in (
+            ("--quick", args.quick), ("--device", args.device != "auto"),
+            ("--checkpoints", args.checkpoints is not None), ("--episodes", args.episodes),
+            ("--seed", args.seed != 100_000), ("--repeats", args.repeats),
+            ("--node-on-cuda", args.node_on_cuda), ("--keep", args.keep),
+            ("--resume", args.resume), ("--workers", args.workers), ("--ray", args.ray),
+            ("--cell-episodes", args.cell_episodes)) if value]
+        if measuring:
+            ap.error(f"--from-json re-renders a saved run and measures nothing, so "
+                     f"{', '.join(measuring)} would be ignored; give only --from-json and --out")
     args.episodes = args.episodes or (20 if args.quick else 200)
     args.repeats = args.repeats or (5 if args.quick else 20)
     args.demos, args.profile_obs, args.error_obs = (20, 16, 16) if args.quick else (60, 64, 64)

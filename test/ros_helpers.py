@@ -22,8 +22,9 @@ from trajectory_msgs.msg import JointTrajectory
 
 from bac_ros.msg import ActionChunk
 from bac_ros.nodes.policy_node import PolicyNode
+from bac_ros.sim import arm
 
-JOINTS = ["joint1", "joint2", "joint3"]
+JOINTS = arm.JOINT_NAMES
 # The reliability tally: every Running.close adds to it; test_reliability.py reports it.
 TALLY = {"messages_tried": 0, "malformed_messages_tried": 0, "chunks_received": 0,
          "unsafe_actions_published": 0, "node_crashes": 0}

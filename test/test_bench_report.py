@@ -99,3 +99,15 @@ def test_node_on_cuda_without_a_cuda_device_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "--node-on-cuda measures the node on CUDA" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_from_json_refuses_the_flags_it_would_ignore(tmp_path):
+    """Re-rendering measures nothing: a measuring flag beside --from-json is refused, not
+    silently dropped (the saved run's own settings describe the report)."""
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--from-json",
+                           str(REPO / "docs" / "bench.json"), "--episodes", "20", "--resume",
+                           "--out", str(tmp_path / "B.md")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "--episodes, --resume would be ignored" in done.stderr
+    assert not list(tmp_path.iterdir())

@@ -27,7 +27,8 @@ from bac_ros.nodes.policy_node import PolicyNode
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
 from bac_ros.policy.policy import Policy
-from bac_ros.sim.record import JOINT_NAMES, record_expert_bag
+from bac_ros.sim.arm import JOINT_NAMES
+from bac_ros.sim.record import record_expert_bag
 
 pytestmark = pytest.mark.ros
 IMAGE_OBS = {"image": {"shape": [3, 32, 32], "type": "rgb"},

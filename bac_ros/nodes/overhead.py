@@ -34,6 +34,7 @@ from bac_ros.io.observer import IMAGE, JOINT_STATE, observation_sources
 from bac_ros.msg import ActionChunk
 from bac_ros.policy.checkpoint import load_native
 from bac_ros.policy.policy import camera_frame
+from bac_ros.sim import arm
 
 
 def _messages(obs_spec: dict, rng: np.random.Generator, joint_names: list[str],
@@ -68,7 +69,7 @@ def measure(checkpoint: Path, schedule: str = "", chunks: int = 40, warmup: int 
     obs_spec = {k: (tuple(v["shape"]), v.get("type", "low_dim"))
                 for k, v in config["policy"]["obs"].items()}
     dt = float(config["policy"].get("dt", 0.1))
-    joint_names = list(config["policy"].get("action_names") or ["joint1", "joint2", "joint3"])
+    joint_names = list(config["policy"].get("action_names") or arm.JOINT_NAMES)
     exe = Path(get_package_prefix("bac_ros")) / "lib" / "bac_ros" / "policy_node"
     ns = f"bench_{os.getpid()}"
     cmd = [sys.executable, str(exe), "--ros-args", "-r", f"__ns:=/{ns}",

@@ -44,6 +44,7 @@ from bac_ros.msg import ActionChunk
 from bac_ros.nodes.settings import LiveSettings, live_settings
 from bac_ros.nodes.topics import subscribe_observations
 from bac_ros.policy.realtime import Replanner, blended, continuation
+from bac_ros.sim import arm
 
 # name: (default, when a change takes effect, description). LIVE: from the next chunk on,
 # after validation; CONFIGURE: read at configure, refused while configured (a reconfigure is
@@ -86,7 +87,7 @@ PARAMETERS = {
                    "shifted and re-noised, when the new observation falls inside it (0: off; "
                    "-1: as the schedule file says); whole steps, rounded down, so under 1/K of "
                    "a K-step sampler skips none"),
-    "joint_names": (["joint1", "joint2", "joint3"], CONFIGURE,
+    "joint_names": (list(arm.JOINT_NAMES), CONFIGURE,
                     "joints read from joint_states, in the policy's order; also the action names"),
     "action_low": ([-math.inf], LIVE,
                    "lower action limits per dimension (one value: all dimensions)"),

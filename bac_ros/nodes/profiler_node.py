@@ -27,6 +27,7 @@ from bac_ros.io.observer import (
     primary_key,
 )
 from bac_ros.nodes.topics import subscribe_observations
+from bac_ros.sim import arm
 
 PARAMETERS = {
     "checkpoint": ("", "policy checkpoint folder or .ckpt"),
@@ -35,7 +36,7 @@ PARAMETERS = {
     "budget": (10, "ACS update budget S per block"),
     "top_k": (5, "Bubbling Union blocks (below 2 disables it)"),
     "metric": ("cosine", "cosine | l1 | mse"),
-    "joint_names": (["joint1", "joint2", "joint3"], "joints read from joint_states"),
+    "joint_names": (list(arm.JOINT_NAMES), "joints read from joint_states"),
     "max_obs_age": (0.5, "seconds; staler observation keys do not make a frame"),
     "device": ("auto", "auto | cpu | cuda[:N]"),
 }

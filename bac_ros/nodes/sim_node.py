@@ -39,7 +39,8 @@ from std_msgs.msg import Float32MultiArray, String
 
 from bac_ros.io.messages import MessageError, chunk_actions, stamp_seconds
 from bac_ros.msg import ActionChunk
-from bac_ros.sim.tasks import camera_frame, make_env, parse_task
+from bac_ros.sim import arm
+from bac_ros.sim.tasks import image_frame_id, make_env, parse_task
 
 EPISODE_BREAK_S = 10.0  # sim time between episodes (with /clock)
 
@@ -56,7 +57,7 @@ PARAMETERS = {
                    "checkpoint records (task.camera)"),
     "publish_clock": (False, "publish /clock (sim time starts at 1000 s); lockstep always "
                              "does, since time must stand still while the world waits"),
-    "joint_names": (["joint1", "joint2", "joint3"],
+    "joint_names": (list(arm.JOINT_NAMES),
                     "arm: names in joint_states (Meta-World publishes the Sawyer's own names)"),
     "chunk_timeout": (30.0, "lockstep: seconds to wait for a chunk before the episode fails"),
 }
@@ -98,7 +99,7 @@ class SimNode(Node):
                                  "would be rendered; expected images true or an empty camera")
             task = dataclasses.replace(task, camera=self.p["camera"])
         self.env = make_env(task, self.p["images"])
-        self.camera_frame = camera_frame(task)  # image header.frame_id: the camera rendered
+        self.image_frame_id = image_frame_id(task)  # image header.frame_id: the camera rendered
         self.metaworld = hasattr(self.env, "joint_positions")
         self.action_dim = len(self.env.hold_action())
         self.dt = self.env.config.dt
@@ -169,7 +170,7 @@ class SimNode(Node):
             img = self.obs["image"]
             msg = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8",
                         step=img.shape[1] * 3, data=img.tobytes())
-            msg.header.stamp, msg.header.frame_id = stamp, self.camera_frame
+            msg.header.stamp, msg.header.frame_id = stamp, self.image_frame_id
             self.image_pub.publish(msg)
         return t
 

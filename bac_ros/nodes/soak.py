@@ -29,9 +29,9 @@ from bac_ros.models.normalizer import LinearNormalizer
 from bac_ros.msg import ActionChunk
 from bac_ros.policy.build import new_checkpoint
 from bac_ros.policy.checkpoint import save_native
+from bac_ros.sim import arm
 
 LIMITS = (-1.0, 1.0)
-JOINTS = ["joint1", "joint2", "joint3"]
 
 
 def make_checkpoint(folder: Path) -> Path:
@@ -145,7 +145,7 @@ def _publish(img_pub, js_pub, frame: bytes, size: int, stamp, rng) -> None:
     img = Image(height=size, width=size, encoding="rgb8", step=size * 3, data=frame)
     img.header.stamp = stamp
     img_pub.publish(img)
-    js = JointState(name=JOINTS, position=(rng.random(3) - 0.5).tolist())
+    js = JointState(name=arm.JOINT_NAMES, position=(rng.random(3) - 0.5).tolist())
     js.header.stamp = stamp
     js_pub.publish(js)
 

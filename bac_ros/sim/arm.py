@@ -44,6 +44,8 @@ LOWDIM_KEYS: tuple[str, ...] = ("joints", "target_xy", "obstacle_xy")
 LOWDIM_DIMS: tuple[int, ...] = (3, 2, 2)
 STATE_DIM: int = sum(LOWDIM_DIMS)
 JOINT_DIM: int = 3
+#: The arm's joints as its joint_states name them (the nodes' default ``joint_names``).
+JOINT_NAMES: list[str] = ["joint1", "joint2", "joint3"]
 
 # RGB colours of the render: distinct hues, so that an image encoder can tell the parts apart.
 BACKGROUND_RGB = (235, 235, 230)

@@ -8,11 +8,9 @@ from pathlib import Path
 
 from bac_ros.io.bag import BagWriter
 from bac_ros.sim import metaworld
-from bac_ros.sim.arm import ArmTaskConfig
+from bac_ros.sim.arm import JOINT_NAMES, ArmTaskConfig
 from bac_ros.sim.expert import Expert
-from bac_ros.sim.tasks import Task, camera_frame, make_env
-
-JOINT_NAMES = ("joint1", "joint2", "joint3")  # the arm's (sim_node's default joint_names)
+from bac_ros.sim.tasks import Task, image_frame_id, make_env
 
 
 def _expert(env):
@@ -54,7 +52,7 @@ def record_expert_bag(path: str | Path, episodes: int = 20, seed: int = 0,
                     if key in obs:
                         writer.vector(key, obs[key], t)
                 if images:  # last, as sim_node publishes: the frame joins the values above
-                    writer.image("image", obs["image"], t, camera_frame(task))
+                    writer.image("image", obs["image"], t, image_frame_id(task))
                 if done:
                     break
                 obs, done, _ = env.step(act(obs))

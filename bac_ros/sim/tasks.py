@@ -42,9 +42,9 @@ def task_name(task: Task) -> str:
 ARM_CAMERA = "camera"
 
 
-def camera_frame(task: Task) -> str:
+def image_frame_id(task: Task) -> str:
     """The ``header.frame_id`` of the task's image messages: the Meta-World camera rendered
-    (what :attr:`Policy.camera_frame` checks against), or the arm's one camera."""
+    (what a checkpoint's :attr:`Policy.camera_frame` must match), or the arm's one camera."""
     return task.camera if isinstance(task, MetaWorldTaskConfig) else ARM_CAMERA
 
 

@@ -26,7 +26,7 @@ from bac_ros.policy.checkpoint import Checkpoint, load_native, save_native
 from bac_ros.policy.policy import Policy, resolve_device
 from bac_ros.policy.timing import device_label
 from bac_ros.sim import metaworld
-from bac_ros.sim.arm import ArmTaskConfig
+from bac_ros.sim.arm import JOINT_NAMES, ArmTaskConfig
 from bac_ros.train.dataset import SequenceSampler
 
 # Observation keys per variant: what the policy sees (the camera variant must find target and
@@ -44,7 +44,6 @@ IMAGE_ENCODER = {"type": "small_cnn", "crop_shape": None}
 METAWORLD_IMAGE_ENCODER = dict(IMAGE_ENCODER, condition_on=["proprio"])
 # Spatial-softmax pixel grids: buffers fixed by the image size, rebuilt rather than transferred.
 _GRID_BUFFERS = (".pos_x", ".pos_y")
-JOINT_NAMES = ["joint1", "joint2", "joint3"]
 RESUMABLE_CHANGES = ("steps", "save_every")  # a run may be resumed with more steps
 
 
