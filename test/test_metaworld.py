@@ -474,3 +474,37 @@ def test_demo_runs_the_metaworld_checkpoint_from_bag_to_real_time(tmp_path, capf
         assert result["seed"] == 100_000 and result["mode"] == "realtime"
         assert result["steps"] == 40 or result["success"] and result["steps"] < 40
         assert printed.count(f"\n{method} ") == 1  # one row of the table each
+
+
+def test_frames_no_window_reads_are_not_rendered_and_change_nothing(monkeypatch):
+    """A camera episode renders only the ticks its next window reads (the last n_obs_steps of
+    each chunk; none while every chunk arrives too late to act), and ends exactly as one that
+    renders every tick (an observer sees every observation), lockstep and real time."""
+    from bac_ros.policy.factory import load_policy
+    from bac_ros.sim import metaworld
+    from bac_ros.sim.evaluate import evaluate
+
+    frames = []
+    real_frame = metaworld.Renderer.frame
+    monkeypatch.setattr(metaworld.Renderer, "frame",
+                        lambda self: frames.append(1) or real_frame(self))
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "metaworld_pick_place_wrist"
+    policy = load_policy(ckpt, device="cpu")
+    n, tick_ms = policy.n_action_steps, policy.dt * 1e3
+    for kw in ({"mode": "lockstep"}, {"mode": "realtime", "latency_ms": 3.5 * tick_ms},
+               {"mode": "realtime", "latency_ms": (n + 0.5) * tick_ms}):
+        runs = []
+        for observer in (None, lambda *a: None):
+            frames.clear()
+            report = evaluate(policy, "ddim:10", episodes=1, seed=100_000, observer=observer,
+                              **kw)
+            steps = sum(e["steps"] for e in report["per_episode"])
+            runs.append(([(e["success"], e["steps"], e["chunks"], e["final_error"])
+                          for e in report["per_episode"]], len(frames)))
+        (lazy, lazy_frames), (eager, eager_frames) = runs
+        assert lazy == eager, kw
+        assert eager_frames == steps + 1  # every tick and the reset
+        if kw.get("latency_ms", 0) > n * tick_ms:
+            assert lazy_frames == 1  # no chunk acts: no window is read after the reset
+        else:
+            assert lazy_frames <= 1 + (steps // n + 1) * policy.n_obs_steps

@@ -259,8 +259,11 @@ class ArmEnv:
             raise ValueError(f"action must be finite joint targets, got {action.tolist()}")
         return np.clip(action, self._low, self._high)
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool, dict]:
-        """Track the joint targets for one control period; returns ``(obs, done, info)``.
+    def step(self, action: np.ndarray, observe: bool = True
+             ) -> tuple[dict[str, np.ndarray] | None, bool, dict]:
+        """Track the joint targets for one control period; returns ``(obs, done, info)``
+        (``obs`` None with ``observe=False``: a tick whose observation no one reads is not
+        rendered).
 
         ``info`` holds ``success``, ``collision``, ``timeout`` (bools), ``steps``,
         ``effector_error`` (distance to the target centre, m) and ``clearance`` (smallest link
@@ -299,4 +302,4 @@ class ArmEnv:
             "effector_error": error,
             "clearance": float(gaps.min()),
         }
-        return self.observation(), self.done, info
+        return (self.observation() if observe else None), self.done, info

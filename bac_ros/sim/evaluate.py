@@ -114,7 +114,9 @@ class EpisodeResult:
 
 
 class _Episode:
-    """One environment with its observation history (padded at the start, as in training)."""
+    """One environment with its observation history (padded at the start, as in training).
+    A tick stepped with ``observe=False`` leaves a gap in the history: rendering is most of a
+    camera episode's cost, and most ticks' frames are never read; a window over a gap raises."""
 
     def __init__(self, policy: Policy, task: Task, seed: int, images: bool,
                  observer: Observer | None = None):
@@ -124,6 +126,7 @@ class _Episode:
         self.history = deque([first] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
         self.info: dict = {"success": False, "collision": False, "effector_error": float("nan")}
         self.chunks, self.latencies, self.done, self.steps = 0, [], False, 0
+        self.last_window: dict[str, np.ndarray] | None = None
 
     def _observed(self, obs: dict) -> dict[str, np.ndarray]:
         if self.observer is not None:
@@ -131,20 +134,30 @@ class _Episode:
         return policy_observation(self.policy, self.env, obs)
 
     def window(self) -> dict[str, np.ndarray]:
-        return {k: np.stack([h[k] for h in self.history]) for k in self.policy.obs_spec}
+        """The policy's input now; a finished episode's is its last one (CUDA keeps finished
+        rows in the batch for a constant shape, and their chunks are discarded)."""
+        if self.done:
+            return self.last_window
+        if any(h is None for h in self.history):
+            raise RuntimeError(f"episode {self.seed}: the window needs an observation that was "
+                               "stepped with observe=False")
+        self.last_window = {k: np.stack([h[k] for h in self.history])
+                            for k in self.policy.obs_spec}
+        return self.last_window
 
-    def act(self, action: np.ndarray) -> None:
-        obs, self.done, self.info = self.env.step(action)
-        self.history.append(self._observed(obs))
+    def act(self, action: np.ndarray, observe: bool = True) -> None:
+        observe = observe or self.observer is not None  # an observer sees every observation
+        obs, self.done, self.info = self.env.step(action, observe)
+        self.history.append(self._observed(obs) if observe else None)
         if self.done:  # a finished episode keeps its result, not its simulator
             self.steps = self.env.steps
             if hasattr(self.env, "close"):
                 self.env.close()  # a rendering context per finished episode would pile up
             self.env = None
 
-    def hold(self) -> None:
+    def hold(self, observe: bool = True) -> None:
         """One tick with no fresh action (the robot keeps its last command)."""
-        self.act(self.env.hold_action())
+        self.act(self.env.hold_action(), observe)
 
     def result(self) -> EpisodeResult:
         return EpisodeResult(self.seed, bool(self.info["success"]), bool(self.info["collision"]),
@@ -165,9 +178,11 @@ def _batched(policy: Policy, episodes: list[_Episode], progress, late: int = 0) 
     otherwise cost a full batch every round. A row's noise is its own generator's, so which
     rows share the batch does not change an episode. A chunk ``late`` by all its actions
     changes nothing the arm does, so it is not computed: a model that slow holds the arm from
-    start to limit, and finding that out costs no inference."""
+    start to limit, and finding that out costs no inference. Only the ticks the next window
+    reads (a round's last ``n_obs_steps``; none if no chunk is computed) are observed."""
     rounds, constant_shape = 0, policy.device.type == "cuda"
     n = policy.n_action_steps
+    first_read = n - policy.n_obs_steps if late < n else n  # ticks from here on are read
     while not all(e.done for e in episodes):
         live = episodes if constant_shape else [e for e in episodes if not e.done]
         if late >= n:
@@ -182,7 +197,7 @@ def _batched(policy: Policy, episodes: list[_Episode], progress, late: int = 0) 
                 continue
             e.chunks += 1
             for k in range(n):
-                e.hold() if k < late else e.act(chunk[k])
+                e.hold(k >= first_read) if k < late else e.act(chunk[k], k >= first_read)
                 if e.done:
                     progress(1)
                     break

@@ -213,9 +213,11 @@ class MetaWorldEnv:
             raise ValueError(f"action must be finite, got {action.tolist()}")
         return np.clip(action, ACTION_LOW, ACTION_HIGH)
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool, dict]:
+    def step(self, action: np.ndarray, observe: bool = True
+             ) -> tuple[dict[str, np.ndarray] | None, bool, dict]:
         """One control step; returns ``(obs, done, info)`` with ``success``, ``timeout``,
-        ``collision`` (always False: contact is physics here, not a failure) and ``steps``."""
+        ``collision`` (always False: contact is physics here, not a failure) and ``steps``;
+        ``obs`` is None with ``observe=False`` (a frame no one reads is not rendered)."""
         if self.done:
             raise RuntimeError("step() called on a finished episode; call reset(seed) first")
         action = self.clip_action(action)
@@ -229,7 +231,7 @@ class MetaWorldEnv:
         self.done = success or timeout
         out = {"success": success, "collision": False, "timeout": timeout, "steps": self.steps,
                "effector_error": float(info.get("obj_to_target", np.nan))}
-        return self.observation(), self.done, out
+        return (self.observation() if observe else None), self.done, out
 
     def close(self) -> None:
         if self._renderer is not None:
