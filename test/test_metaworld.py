@@ -508,3 +508,31 @@ def test_frames_no_window_reads_are_not_rendered_and_change_nothing(monkeypatch)
             assert lazy_frames == 1  # no chunk acts: no window is read after the reset
         else:
             assert lazy_frames <= 1 + (steps // n + 1) * policy.n_obs_steps
+
+
+def test_a_used_env_restarts_like_a_new_one(monkeypatch):
+    """Evaluation hands a finished episode's MuJoCo env and renderer on to the next episode
+    (building them costs more than a camera episode's frames): episodes on used envs must end
+    exactly as on new ones, and only as many envs are built as episodes run at once."""
+    from bac_ros.policy.factory import load_policy
+    from bac_ros.sim import evaluate as ev
+
+    built = []
+    real_make_env = ev.make_env
+    monkeypatch.setattr(ev, "make_env", lambda *a: built.append(1) or real_make_env(*a))
+    monkeypatch.setattr(ev, "RENDER_GROUP", 2)  # seeds 100000-1 together, then 100002 alone
+    ckpt = Path(__file__).resolve().parents[1] / "checkpoints" / "metaworld_pick_place_wrist"
+    policy = load_policy(ckpt, device="cpu")
+
+    def run(give):
+        monkeypatch.setattr(ev._Envs, "give", give)
+        built.clear()
+        report = ev.evaluate(policy, "ddim:10", episodes=3, seed=100_000)
+        return [(e["seed"], e["success"], e["steps"], e["chunks"], e["final_error"])
+                for e in report["per_episode"]], len(built)
+
+    hand_on = ev._Envs.give
+    new, new_built = run(lambda self, env: env.close())  # a finished episode's env is closed
+    used, used_built = run(hand_on)
+    assert (new_built, used_built) == (3, 2)  # the third episode reuses one of the first two's
+    assert used == new

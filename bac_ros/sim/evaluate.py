@@ -113,15 +113,36 @@ class EpisodeResult:
     final_error: float
 
 
+class _Envs:
+    """Environments handed on from finished episodes to new ones. Building a Meta-World model
+    and its renderer takes ~0.8 s, more than a camera episode's frames; ``reset(seed)`` starts
+    a used environment exactly as a new one (``test_a_used_env_restarts_like_a_new_one``)."""
+
+    def __init__(self, task: Task, images: bool):
+        self.task, self.images, self.free = task, images, []
+
+    def take(self) -> Env:
+        return self.free.pop() if self.free else make_env(self.task, self.images)
+
+    def give(self, env: Env) -> None:
+        self.free.append(env)
+
+    def close(self) -> None:
+        """Free the rendering contexts (one per environment alive at once)."""
+        for env in self.free:
+            if hasattr(env, "close"):
+                env.close()
+        self.free.clear()
+
+
 class _Episode:
     """One environment with its observation history (padded at the start, as in training).
     A tick stepped with ``observe=False`` leaves a gap in the history: rendering is most of a
     camera episode's cost, and most ticks' frames are never read; a window over a gap raises."""
 
-    def __init__(self, policy: Policy, task: Task, seed: int, images: bool,
-                 observer: Observer | None = None):
-        self.policy, self.seed, self.observer = policy, seed, observer
-        self.env = make_env(task, images)
+    def __init__(self, policy: Policy, envs: _Envs, seed: int, observer: Observer | None = None):
+        self.policy, self.seed, self.observer, self._envs = policy, seed, observer, envs
+        self.env = envs.take()
         first = self._observed(self.env.reset(seed))
         self.history = deque([first] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
         self.info: dict = {"success": False, "collision": False, "effector_error": float("nan")}
@@ -149,10 +170,9 @@ class _Episode:
         observe = observe or self.observer is not None  # an observer sees every observation
         obs, self.done, self.info = self.env.step(action, observe)
         self.history.append(self._observed(obs) if observe else None)
-        if self.done:  # a finished episode keeps its result, not its simulator
+        if self.done:  # a finished episode keeps its result; its simulator goes on to the next
             self.steps = self.env.steps
-            if hasattr(self.env, "close"):
-                self.env.close()  # a rendering context per finished episode would pile up
+            self._envs.give(self.env)
             self.env = None
 
     def hold(self, observe: bool = True) -> None:
@@ -356,27 +376,30 @@ def evaluate(
     task = task or task_of(policy)
     progress = progress or (lambda n: None)
     t0 = time.perf_counter()
-    timeline = None
-    if mode == "realtime" and latency_ms is None:
-        eps, lines = [], []
-        for i in range(episodes):  # one at a time: one rendering context alive
-            eps.append(_Episode(policy, task, seed + i, policy.reads_images, observer))
-            lines += _realtime(policy, eps[-1:], progress, execution, lag_ticks, clock)
-        timeline = _timeline_report(execution, lag_ticks, lines)
-    else:
-        late = 0 if mode == "lockstep" else int(latency_ms * 1e-3 // policy.dt)
-        # an episode's noise is its own, so running them in groups changes none of them
-        group, eps = RENDER_GROUP if policy.reads_images else max(episodes, 1), []
-        for start in range(0, episodes, group):
-            batch = [_Episode(policy, task, seed + i, policy.reads_images, observer)
-                     for i in range(start, min(start + group, episodes))]
-            _batched(policy, batch, progress, late)
-            eps += batch
-        # the batch hid per-observation latency: time batch 1 separately (or take the given one)
-        latency = (latency_ms * 1e-3 if latency_ms is not None
-                   else _batch1_latency(policy, eps[0].window()))
-        for e in eps:
-            e.latencies = [latency]
+    timeline, envs = None, _Envs(task, policy.reads_images)
+    try:
+        if mode == "realtime" and latency_ms is None:
+            eps, lines = [], []
+            for i in range(episodes):  # one at a time: one rendering context alive
+                eps.append(_Episode(policy, envs, seed + i, observer))
+                lines += _realtime(policy, eps[-1:], progress, execution, lag_ticks, clock)
+            timeline = _timeline_report(execution, lag_ticks, lines)
+        else:
+            late = 0 if mode == "lockstep" else int(latency_ms * 1e-3 // policy.dt)
+            # an episode's noise is its own, so running them in groups changes none of them
+            group, eps = RENDER_GROUP if policy.reads_images else max(episodes, 1), []
+            for start in range(0, episodes, group):
+                batch = [_Episode(policy, envs, seed + i, observer)
+                         for i in range(start, min(start + group, episodes))]
+                _batched(policy, batch, progress, late)
+                eps += batch
+            # the batch hid per-observation latency: time batch 1 separately (or the given one)
+            latency = (latency_ms * 1e-3 if latency_ms is not None
+                       else _batch1_latency(policy, eps[0].window()))
+            for e in eps:
+                e.latencies = [latency]
+    finally:
+        envs.close()
     results = [e.result() for e in eps]
     return {
         "method": method,
