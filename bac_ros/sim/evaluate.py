@@ -196,7 +196,9 @@ def _batched(policy: Policy, episodes: list[_Episode], progress, late: int = 0) 
     its previous target (0: lockstep). On CUDA finished episodes stay in the batch (a constant
     shape replays one captured graph); elsewhere they leave it, since a few long failures would
     otherwise cost a full batch every round. A row's noise is its own generator's, so which
-    rows share the batch does not change an episode. A chunk ``late`` by all its actions
+    rows share the batch does not change its noise; the batch's size can still move a chunk's
+    last float bits (matrix kernels differ by shape), so only the same grouping reproduces an
+    episode bit for bit. A chunk ``late`` by all its actions
     changes nothing the arm does, so it is not computed: a model that slow holds the arm from
     start to limit, and finding that out costs no inference. Only the ticks the next window
     reads (a round's last ``n_obs_steps``; none if no chunk is computed) are observed."""
@@ -386,7 +388,7 @@ def evaluate(
             timeline = _timeline_report(execution, lag_ticks, lines)
         else:
             late = 0 if mode == "lockstep" else int(latency_ms * 1e-3 // policy.dt)
-            # an episode's noise is its own, so running them in groups changes none of them
+            # an episode's noise is its own: groups change its chunks by float rounding only
             group, eps = RENDER_GROUP if policy.reads_images else max(episodes, 1), []
             for start in range(0, episodes, group):
                 batch = [_Episode(policy, envs, seed + i, observer)
