@@ -200,6 +200,11 @@ def verdict(rows: list[dict], mode: str) -> list[str]:
             lines.append(f"- at ≥{speedup:g}× speedup (≤ {budget:.1f} ms): no method is that fast.")
             continue
         best = max(inside, key=lambda r: (r[key]["success_rate"], -r["median_ms"]))
+        if best[key]["success_rate"] == 0:  # naming a "best" of all-zero rows would mislead
+            lines.append(f"- at ≥{speedup:g}× speedup (≤ {budget:.1f} ms): none of the "
+                         f"{len(inside)} methods this fast succeeds (each 0.0%, 95% interval "
+                         f"up to {best[key]['ci95'][1]:.1%}).")
+            continue
         rest = {}
         for r in inside:
             if r["family"] != best["family"]:

@@ -111,3 +111,28 @@ def test_from_json_refuses_the_flags_it_would_ignore(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "--episodes, --resume would be ignored" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_budget_where_nothing_succeeds_names_no_best_method(tmp_path):
+    """The wrist camera's real-time column is 0% for all 27 methods: the verdict says so
+    instead of crowning whichever zero sorts first."""
+    saved = json.loads((REPO / "docs" / "bench.json").read_text())
+    arm = next(r for r in saved["results"] if r["checkpoint"].endswith("arm_lowdim"))
+    zero = {"success_rate": 0.0, "ci95": list(wilson_interval(0, N)), "collision_rate": 0.0,
+            "wall_s": 1.0}
+    for row in arm["rows"]:
+        row["success_realtime"] = dict(zero)
+    saved["results"] = [arm]
+    (tmp_path / "bench.json").write_text(json.dumps(saved))
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--from-json",
+                           str(tmp_path / "bench.json"), "--out", str(tmp_path / "B.md")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    realtime = (tmp_path / "B.md").read_text().split("**Verdict, real time:**", 1)[1]
+    lines = [li for li in realtime.split("\n\n", 2)[1].splitlines() if li.startswith("- at ")]
+    assert len(lines) == 5 and "- at ≥1× speedup" in lines[0]
+    assert "none of the 27 methods this fast succeeds (each 0.0%, 95% interval up to 1.9%)" \
+        in lines[0]
+    assert all("none of the" in li and "**" not in li for li in lines)
+    lockstep = (tmp_path / "B.md").read_text().split("**Verdict, lockstep**", 1)[1]
+    assert lockstep.split("\n\n", 2)[1].startswith("- at ≥1× speedup") and "keeps" in lockstep
