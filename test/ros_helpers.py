@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import Log
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -102,6 +103,10 @@ class Running:
         self.client.create_subscription(ActionChunk, "action_chunk", self._on_chunk, 50)
         self.client.create_subscription(JointTrajectory, "joint_trajectory", self._on_traj, 50)
         self.client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.logs: list[str] = []  # the node's /rosout messages
+        self.client.create_subscription(
+            Log, "/rosout", lambda m: self.logs.append(m.msg)
+            if m.name == self.node.get_logger().name else None, 50)
         self.img = self.client.create_publisher(Image, "image", qos_profile_sensor_data)
         self.jpeg = self.client.create_publisher(CompressedImage, "image/compressed",
                                                  qos_profile_sensor_data)
@@ -275,6 +280,13 @@ class Probe:
         res = self.r.node.set_parameters_atomically(
             [Parameter(k, value=v) for k, v in values.items()])
         assert res.successful, res.reason
+
+    def set_logs(self, **values) -> list[str]:
+        """Set ``values``; what the node logged to /rosout on it (waits a second for it)."""
+        start = len(self.r.logs)
+        self.set(**values)
+        self.r.spin(1.0)
+        return self.r.logs[start:]
 
     def refuse(self, name: str, value, words: str = "") -> str:
         before = self.r.node.get_parameter(name).value

@@ -94,8 +94,13 @@ def check_rate_hz(p: Probe) -> None:
     # On a timer the node re-plans from the newest observation: one frame, many chunks. By
     # frames (rate_hz 0) a frame is answered once.
     assert p.r.spin(20, lambda: p.stamps(p.r.chunks).count(t) >= 3)
+    # Frame pacing set ahead on a timer is stored, and the answer says it waits for rate_hz 0.
+    logs = p.set_logs(replan="at_end", replan_steps=2)
+    assert [m for m in logs if "only with rate_hz 0 (rate_hz is 20)" in m] == [
+        f"{name} is stored, but chunks are paced by frames only with rate_hz 0 (rate_hz is 20)"
+        for name in ("replan", "replan_steps")], logs
     p.refuse_bad("rate_hz")
-    p.set(rate_hz=0.0)
+    assert not any("is stored" in m for m in p.set_logs(rate_hz=0.0, replan_steps=1))
     first, _, _ = p.chunk()
     p.r.spin(0.5)  # ten periods of the old timer: it would have answered `first` again
     p.chunk()
@@ -205,7 +210,10 @@ def check_seam_weight(p: Probe, plain: np.ndarray) -> None:
     want[: n - k] = (1 - w) * plain[: n - k] + w * plain[k:]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     p.refuse_bad("seam_weight")
-    p.set(seam="none", seam_weight=0.5)
+    p.set(seam="none")
+    assert any("weighs nothing while seam is none" in m for m in p.set_logs(seam_weight=1.0))
+    np.testing.assert_array_equal(_answer(p)[0], plain)  # stored, and no effect without a seam
+    p.set(seam_weight=0.5)
 
 
 @on_sim_time

@@ -41,7 +41,7 @@ from bac_ros.io.observer import (
     primary_key,
 )
 from bac_ros.msg import ActionChunk
-from bac_ros.nodes.settings import LiveSettings, live_settings
+from bac_ros.nodes.settings import LiveSettings, dormant, live_settings
 from bac_ros.nodes.topics import subscribe_observations
 from bac_ros.policy.realtime import Replanner, blended, continuation
 from bac_ros.sim import arm
@@ -496,8 +496,9 @@ class PolicyNode(LifecycleNode):
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Validate a change before rclpy stores it: refused with one sentence, or accepted and
-        applied from the next chunk (by :meth:`_after_set_parameters`). Unconfigured, every
-        value is accepted: configure reads and checks them all."""
+        applied from the next chunk (by :meth:`_after_set_parameters`); a value its mode
+        leaves without effect is stored, and the log says so (rclpy drops the reason of a
+        success). Unconfigured, every value is accepted: configure reads and checks them all."""
         if self.policy is None:
             return SetParametersResult(successful=True)
         for param in params:
@@ -528,6 +529,8 @@ class PolicyNode(LifecycleNode):
             except Exception as e:
                 return SetParametersResult(successful=False, reason=str(e))
             self.get_logger().info(f"schedule now {self.policy.schedule_id or 'full compute'}")
+        for note in dormant(values, {p.name for p in params}):
+            self.get_logger().info(note)
         return SetParametersResult(successful=True)
 
     def _after_set_parameters(self, params) -> None:

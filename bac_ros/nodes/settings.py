@@ -98,3 +98,19 @@ def live_settings(values: Mapping, policy) -> LiveSettings:
         rate_hz=rate_hz, replan_steps=replan_steps or policy.n_action_steps,
         publish_trajectory=bool(values["publish_trajectory"]), execution=execution,
         chunk_actions=chunk_actions)
+
+
+def dormant(values: Mapping, changed) -> list[str]:
+    """One sentence per parameter in ``changed`` that the mode in ``values`` leaves without
+    effect: it is stored and applies once the mode does (set it ahead, then switch), and the
+    operator is told so rather than left to think it acted."""
+    notes = []
+    rate_hz = float(values["rate_hz"])
+    for name in ("replan", "replan_steps"):
+        if name in changed and rate_hz > 0:
+            notes.append(f"{name} is stored, but chunks are paced by frames only with rate_hz 0 "
+                         f"(rate_hz is {rate_hz:g})")
+    if "seam_weight" in changed and values["seam"] == "none":
+        notes.append("seam_weight is stored, but weighs nothing while seam is none (it applies "
+                     "with inpaint or blend)")
+    return notes
