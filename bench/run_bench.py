@@ -17,7 +17,8 @@ docs/BENCHMARKS_<card>.md and docs/bench_<card>.json). For each bundled checkpoi
 * action error against full compute with the same noise (MSE, max abs) on recorded
   observations of expert demonstrations (never the evaluation seeds);
 * closed-loop success on the same seeds for all methods, lockstep and real time (the world
-  moves on at the task's control rate during the median latency measured here);
+  moves on at the task's control rate during the median latency measured here), and, on
+  Meta-World, the scripted expert's on those seeds;
 * profiling + schedule compilation time and peak memory; the policy node's overhead per chunk.
 
 ``--quick`` runs a subset of methods with few episodes (development; under 10 minutes) and
@@ -64,7 +65,12 @@ from bac_ros.policy.policy import Policy, resolve_device  # noqa: E402
 from bac_ros.policy.timing import device_label  # noqa: E402
 from bac_ros.policy.tune import profile_and_compile  # noqa: E402
 from bac_ros.sim import cluster, resume  # noqa: E402
-from bac_ros.sim.evaluate import apply_method, evaluate, time_methods  # noqa: E402
+from bac_ros.sim.evaluate import (  # noqa: E402
+    apply_method,
+    evaluate,
+    expert_success,
+    time_methods,
+)
 from bac_ros.sim.tasks import task_demos, task_of  # noqa: E402
 from bac_ros.train.dataset import observation_windows  # noqa: E402
 
@@ -387,8 +393,17 @@ def finish_model(res: dict, policy: Policy, ckpt: Path, args, plots: Path, log) 
             overhead = {"error": str(err)}
     draw_plots(ckpt.name, rows, plots)
     res["node_overhead"] = overhead
+    add_expert(res, task_of(policy), args.seed, args.episodes, log)
     res["validation"] = validation(rows)
     res.pop("schedules", None)  # complete: a resumed run runs none of them again
+
+
+def add_expert(res: dict, task, seed: int, episodes: int, log) -> None:
+    """The scripted expert on the section's own seeds, where the task has one (Meta-World)."""
+    expert = expert_success(task, seed, episodes)
+    if expert is not None:
+        res["expert"] = expert
+        log(f"  scripted expert {_pct(expert)} ({expert['wall_s']:.0f} s)")
 
 
 def _pct(r: dict) -> str:
@@ -519,9 +534,14 @@ def _section(res: dict, args, meta: dict, several_runs: bool) -> list[str]:
         r = res.get("run", meta)
         lines += [f"Measured by `{r['command']}` in {r['wall_min']:.1f} min on {r['device']} "
                   f"({r['date']}, commit `{r['commit']}`). {_sources(r)}", ""]
+    expert = res.get("expert")
+    if expert:
+        lines += [f"The task's scripted expert succeeds in {_pct(expert)} of the same "
+                  f"{expert['episodes']} seeds.", ""]
     return lines + _table(res["rows"]) + _findings(res, args) + _costs(res)
 
 
+BENCH_SOURCE = "`make bench`, this file"
 #: The methods every task's table has: `make bench` sections and bench/metaworld_table.py alike.
 CROSS_METHODS = ("BAC S=10 k=5", "bac tune (tuned_x5)", "DDIM-10", "DDPM-10", "uniform:10")
 
@@ -533,7 +553,7 @@ def task_tables(results: list[dict], docs: Path) -> list[dict]:
     tables, benched = [], {Path(res["checkpoint"]).name for res in results}
     for res in results:
         tables.append({"task": Path(res["checkpoint"]).name, "checkpoint": res["checkpoint"],
-                       "source": "`make bench`, this file", "expert": None,
+                       "source": BENCH_SOURCE, "expert": res.get("expert"),
                        "rows": {r["name"]: dict(r["success_lockstep"], speedup=r["speedup"],
                                                 energy=r["fidelity_energy"])
                                 for r in res["rows"]}})
@@ -550,6 +570,14 @@ def task_tables(results: list[dict], docs: Path) -> list[dict]:
                        "source": f"[{path.stem}.md]({path.stem}.md)",
                        "expert": rows.pop("scripted expert"), "rows": rows})
     return tables
+
+
+def _floor(full: dict, expert: dict | None) -> str:
+    """Issue 17's floor: full compute keeps at least 80% of the expert's success."""
+    if not expert:
+        return ""
+    floor = 0.8 * expert["success_rate"]
+    return f"{'met' if full['success_rate'] >= floor else '**not met**'} (needs {floor:.1%})"
 
 
 def _points(row: dict, full: dict) -> str:
@@ -621,16 +649,20 @@ def cross_task(results: list[dict], docs: Path) -> list[str]:
         "## Cross-task summary", "",
         "Success minus full compute in points, lockstep, with the 95% interval of the "
         "difference (Newcombe; * = it excludes 0), then the speedup over full measured in that "
-        "table's run. "
+        "table's run; the scripted expert on the same seeds (the arm has none: its "
+        "demonstrations are planned paths, not a closed-loop expert). "
         + ("Tables beside this file come from `python bench/metaworld_table.py` (the methods "
-           "of this summary only, not `make bench`'s 27). " if any(t["expert"] for t in tables)
-           else "") + "Sources: "
+           "of this summary only, not `make bench`'s 27). "
+           if any(t["source"] != BENCH_SOURCE for t in tables) else "") + "Sources: "
         + "; ".join(f"{t['task']}: {t['source']}" for t in tables) + ".", "",
         head, "|---|" + "---:|" * len(tables),
         "| full compute (success) | " + " | ".join(
             _pct(t["rows"]["full (DDPM-100)"]) for t in tables) + " |",
         "| scripted expert (success) | " + " | ".join(
-            _pct(t["expert"]) if t["expert"] else "" for t in tables) + " |",
+            _pct(t["expert"]) if t["expert"] else "none" if t["task"].startswith("arm")
+            else "not measured" for t in tables) + " |",
+        "| floor: full ≥ 80% of the expert | " + " | ".join(
+            _floor(t["rows"]["full (DDPM-100)"], t["expert"]) for t in tables) + " |",
     ]
     for name in CROSS_METHODS:
         full = [t["rows"]["full (DDPM-100)"] for t in tables]

@@ -71,6 +71,8 @@ def test_the_summary_has_every_task_and_their_differences(rendered):
     assert easy.startswith("+0.0 [") and "*" not in easy and easy.endswith("4.3×")
     assert hard.startswith("-35.0 [") and "*" in hard  # 60% against 95%: beyond noise
     assert _summary_row(text, "scripted expert (success)")[1].startswith("98.0%")
+    floors = _summary_row(text, "floor: full ≥ 80% of the expert")  # 95% against 78.4%
+    assert floors[0] == "" and floors[1:] == ["met (needs 78.4%)"] * 4
 
 
 def test_the_papers_claim_is_judged_task_by_task(rendered):
@@ -136,3 +138,31 @@ def test_a_budget_where_nothing_succeeds_names_no_best_method(tmp_path):
     assert all("none of the" in li and "**" not in li for li in lines)
     lockstep = (tmp_path / "B.md").read_text().split("**Verdict, lockstep**", 1)[1]
     assert lockstep.split("\n\n", 2)[1].startswith("- at ≥1× speedup") and "keeps" in lockstep
+
+
+def test_the_scripted_expert_joins_a_saved_section_on_its_own_seeds(tmp_path):
+    """bench/add_experts.py measures the expert on the seeds the saved run evaluated (here the
+    first 3 of drawer-open's) for a section measured before the bench measured it; the report
+    gives it in the section and the summary, and the arm, which has no expert, says so."""
+    saved = json.loads((REPO / "docs" / "bench.json").read_text())
+    saved["results"] = [{k: v for k, v in r.items() if k != "expert"} for r in saved["results"]
+                        if r["checkpoint"].endswith(("arm_lowdim", "drawer_open_lowdim"))]
+    saved["args"]["episodes"] = 3
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(saved))
+    done = subprocess.run([sys.executable, "bench/add_experts.py", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    arm, drawer = json.loads(path.read_text())["results"]
+    assert "expert" not in arm
+    assert {k: drawer["expert"][k] for k in ("success_rate", "seed", "episodes")} == {
+        "success_rate": 1.0, "seed": saved["args"]["seed"], "episodes": 3}
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--from-json", str(path),
+                           "--out", str(tmp_path / "B.md")], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "B.md").read_text()
+    assert "The task's scripted expert succeeds in 100.0% [43.8%, 100.0%] of the same 3 " \
+        "seeds." in text.split("## `checkpoints/metaworld_drawer_open_lowdim`", 1)[1]
+    assert _summary_row(text, "scripted expert (success)") == ["none", "100.0% [43.8%, 100.0%]"]
+    assert _summary_row(text, "floor: full ≥ 80% of the expert") == ["", "met (needs 80.0%)"]

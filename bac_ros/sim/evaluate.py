@@ -33,6 +33,7 @@ import torch
 from bac_ros.policy.policy import Policy
 from bac_ros.policy.realtime import Execution, Replanner, blended, continuation
 from bac_ros.policy.timing import time_interleaved
+from bac_ros.sim.metaworld import MetaWorldTaskConfig, expert_outcomes
 from bac_ros.sim.tasks import Env, Task, make_env, task_of
 
 MODES = ("lockstep", "realtime")
@@ -90,6 +91,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def expert_success(task: Task, seed: int = 100_000, episodes: int = 200) -> dict | None:
+    """The task's scripted expert on the reset seeds :func:`evaluate` uses (``seed .. seed +
+    episodes - 1``): what a policy's success is judged against. None for the arm, whose
+    demonstrations are planned paths, not a closed-loop expert."""
+    if not isinstance(task, MetaWorldTaskConfig):
+        return None
+    t0 = time.perf_counter()
+    won = expert_outcomes(task, range(seed, seed + episodes))
+    return {"success_rate": float(np.mean(won)), "ci95": list(wilson_interval(sum(won), episodes)),
+            "seed": seed, "episodes": episodes, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def policy_observation(policy: Policy, env: Env,
