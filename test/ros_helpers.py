@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import Log
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
@@ -103,10 +102,6 @@ class Running:
         self.client.create_subscription(ActionChunk, "action_chunk", self._on_chunk, 50)
         self.client.create_subscription(JointTrajectory, "joint_trajectory", self._on_traj, 50)
         self.client.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
-        self.logs: list[str] = []  # the node's /rosout messages
-        self.client.create_subscription(
-            Log, "/rosout", lambda m: self.logs.append(m.msg)
-            if m.name == self.node.get_logger().name else None, 50)
         self.img = self.client.create_publisher(Image, "image", qos_profile_sensor_data)
         self.jpeg = self.client.create_publisher(CompressedImage, "image/compressed",
                                                  qos_profile_sensor_data)
@@ -214,8 +209,8 @@ class Probe:
     """Sends one observation at a time (same content every time) and waits for its outcome: a
     chunk with its stamp, or a /diagnostics counter going up."""
 
-    def __init__(self, r: Running, now=None, size: int = 32):
-        self.r, self.last = r, -math.inf
+    def __init__(self, r: Running, now=None, size: int = 32, capfd=None):
+        self.r, self.last, self.capfd = r, -math.inf, capfd  # capfd: for set_logs
         self.now = now or (lambda: r.client.get_clock().now().nanoseconds * 1e-9 - LAG)
         self.frame = np.random.default_rng(7).integers(0, 256, (size, size, 3), np.uint8)
 
@@ -282,11 +277,11 @@ class Probe:
         assert res.successful, res.reason
 
     def set_logs(self, **values) -> list[str]:
-        """Set ``values``; what the node logged to /rosout on it (waits a second for it)."""
-        start = len(self.r.logs)
+        """Set ``values``; the lines the node logged on it, read from stderr as a console shows
+        them (rclpy writes them before set_parameters returns)."""
+        self.capfd.readouterr()
         self.set(**values)
-        self.r.spin(1.0)
-        return self.r.logs[start:]
+        return self.capfd.readouterr().err.splitlines()
 
     def refuse(self, name: str, value, words: str = "") -> str:
         before = self.r.node.get_parameter(name).value
