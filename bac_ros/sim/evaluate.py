@@ -93,7 +93,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def expert_success(task: Task, seed: int = 100_000, episodes: int = 200) -> dict | None:
+def expert_success(task: Task, seed: int, episodes: int) -> dict | None:
     """The task's scripted expert on the reset seeds :func:`evaluate` uses (``seed .. seed +
     episodes - 1``): what a policy's success is judged against. None for the arm, whose
     demonstrations are planned paths, not a closed-loop expert."""
